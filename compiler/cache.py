@@ -1,0 +1,65 @@
+"""Plans cached by structure key, with an explanation of each miss."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+log = logging.getLogger("svigraph.compiler")
+
+
+def key_hash(key):
+    """A short, stable hex digest of a structure key, for printing."""
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:8]
+
+
+class PlanCache:
+    """key -> Plan. ``explain_miss(key)`` says how ``key`` differs from the nearest cached one."""
+
+    def __init__(self):
+        self._plans = {}
+
+    def __len__(self):
+        return len(self._plans)
+
+    def __contains__(self, key):
+        return key in self._plans
+
+    def get(self, key):
+        return self._plans.get(key)
+
+    def put(self, key, plan):
+        self._plans[key] = plan
+
+    def clear(self):
+        self._plans.clear()
+
+    def explain_miss(self, key):
+        if not self._plans:
+            return "first compile"
+        return min((describe_difference(old, key) for old in self._plans), key=len)
+
+
+def describe_difference(old, new):
+    """A short sentence on how two structure keys differ (sites added, removed, reshaped)."""
+    notes = []
+    for i, program in enumerate(("guide", "model")):
+        before = {s[0]: s for s in old[i]}
+        after = {s[0]: s for s in new[i]}
+        added = [n for n in after if n not in before]
+        removed = [n for n in before if n not in after]
+        changed = [n for n in after if n in before and after[n] != before[n]]
+        if added:
+            notes.append(f"{program} sites added: {', '.join(added)}")
+        if removed:
+            notes.append(f"{program} sites removed: {', '.join(removed)}")
+        for n in changed:
+            notes.append(f"{program} site {n!r}: {_site_change(before[n], after[n])}")
+    if old[2] != new[2]:
+        notes.append("arguments changed")
+    return "; ".join(notes) or "same structure"
+
+
+def _site_change(a, b):
+    labels = ("name", "observed", "shape", "reparameterized", "event dims", "plates", "enumerate")
+    return ", ".join(f"{label} {x} -> {y}" for label, x, y in zip(labels, a, b) if x != y)

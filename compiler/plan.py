@@ -1,0 +1,133 @@
+"""The Plan: everything the compiler decided, as immutable data the runtime executes.
+
+``CostTerm`` is a pair ``("model", site)`` for log p or ``("guide", site)`` for log q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+CostTerm = tuple  # ("model" | "guide", site name)
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """How a score-function site's baseline is built (its state lives in the runtime)."""
+
+    kind: str                      # "decaying_avg" | "nn" | "value" | "loo"
+    beta: Optional[float] = None
+    module_name: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    """What the compiler decided for one sample site.
+
+    Attributes:
+        estimator: "pathwise", "score_function", "enumerate", "analytic_kl", "observed"
+            or "prior" (a model latent drawn from its prior, by explicit opt-in).
+        cost: the terms a score-function site is Rao-Blackwellized against.
+        baseline: a BaselineSpec or None.
+    """
+
+    name: str
+    estimator: str
+    plates: tuple = ()
+    cost: tuple = ()
+    baseline: Optional[BaselineSpec] = None
+    enum_dim: Optional[int] = None
+    source: tuple = ()
+
+
+@dataclass(frozen=True)
+class TermPlan:
+    """One log-prob term of the ELBO: read ``site`` in ``program``, sign +1 (model) or -1."""
+
+    key: CostTerm
+    site: str
+    program: str
+
+
+@dataclass(frozen=True)
+class ScorePlan:
+    """How to assemble one score-function surrogate term each step.
+
+    ``score_dims``: dims of the site's log-prob to sum (keepdim) before the product, those not
+    in its plates. ``costs``: (term, dims to sum keepdim) pairs; dims kept are the plates the
+    term shares with the site, so slice n of a plate sees only slice n of its costs.
+    """
+
+    site: str
+    program: str
+    score_dims: tuple
+    costs: tuple
+    baseline: Optional[BaselineSpec] = None
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A compiled variational objective for one model/guide structure.
+
+    Inspect it with ``print(plan)``, ``plan.graph`` (networkx), ``plan.sites``,
+    ``plan.objective`` / ``plan.surrogate`` (sympy) and ``plan.to_dot()``; execute it with
+    ``plan.loss(*args)``, ``plan.differentiable_loss(*args)``, ``plan.loss_and_grads(*args)``.
+    """
+
+    graph: Any
+    loss_name: str
+    options: tuple
+    plates: Mapping
+    sites: Mapping
+    params: tuple
+    terms: tuple
+    scores: tuple
+    objective: Any
+    surrogate: Any
+    key: Any
+    key_hash: str
+    runner: Any = field(default=None, compare=False, repr=False)
+
+    # ---- execution: delegated to the objective that compiled the plan -------------------
+    def _require_runner(self):
+        if self.runner is None:
+            raise RuntimeError("this plan was compiled from a bare graph and cannot run; "
+                               "build it with sg.compile(model, guide, *args) to execute it")
+        return self.runner
+
+    def loss(self, *args, **kwargs):
+        """The −ELBO estimate, a float."""
+        return self._require_runner().loss(*args, **kwargs)
+
+    def differentiable_loss(self, *args, **kwargs):
+        """A tensor: value −ELBO estimate, gradient an unbiased estimate of −∇ELBO."""
+        return self._require_runner().differentiable_loss(*args, **kwargs)
+
+    def loss_and_grads(self, *args, **kwargs):
+        """The −ELBO estimate as a float, with ``backward()`` already done."""
+        return self._require_runner().loss_and_grads(*args, **kwargs)
+
+    # ---- inspection ---------------------------------------------------------------------
+    def __str__(self):
+        from compiler.printing import format_plan
+        return format_plan(self)
+
+    def __repr__(self):
+        return f"<Plan {self.loss_name} key={self.key_hash} sites={len(self.sites)}>"
+
+    def pretty(self, source=False):
+        from compiler.printing import format_plan
+        return format_plan(self, source=source)
+
+    def to_dot(self):
+        """Graphviz DOT text of the dependency graph (plates as clusters)."""
+        from compiler.dot import to_dot
+        return to_dot(self)
+
+    def render(self, path):
+        """Write the graph as SVG or PNG (by ``path``'s suffix) with Graphviz's ``dot``."""
+        from compiler.dot import render
+        return render(self, path)
+
+    def score_function_sites(self):
+        return [name for name, s in self.sites.items() if s.estimator == "score_function"]

@@ -1,0 +1,117 @@
+"""Printed forms of the graph and the plan, one line per site, in program order.
+
+Deterministic (sorted sets, stable order, no tensor data), so tests can pin whole strings.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from compiler.schema import param_sites, sample_sites
+from compiler.symbolic import format_sum, format_term, term_plates
+
+WIDTH = 100
+
+
+def format_type(attrs, plates_info):
+    """``f32[3,4]`` (batch | event with a bar when there are event dims) and its plates."""
+    batch, event = attrs["batch_shape"], attrs["event_shape"]
+    shape = ",".join(map(str, batch))
+    if event:
+        shape += "|" + ",".join(map(str, event))
+    text = f"{attrs['dtype'] or '?'}[{shape}]"
+    if attrs["plates"]:
+        text += " (" + ", ".join(attrs["plates"]) + ")"
+    return text
+
+
+def _parents(graph, name, program):
+    data = sorted((graph.nodes[u]["order"], u) for u, _, d in graph.in_edges(name, data=True)
+                  if program in d["via"] and d["kind"] == "data")
+    ctrl = sorted((graph.nodes[u]["order"], u) for u, _, d in graph.in_edges(name, data=True)
+                  if program in d["via"] and d["kind"] == "control")
+    text = ""
+    if data:
+        text += " <- " + ", ".join(f"%{u}" for _, u in data)
+    if ctrl:
+        text += " <~ " + ", ".join(f"%{u}" for _, u in ctrl)
+    return text
+
+
+def _site_rhs(graph, name, site_plan):
+    attrs = graph.nodes[name]
+    parts = [site_plan.estimator if site_plan else attrs["type"]]
+    if attrs["guide_fn"]:
+        parts.append(f"guide {attrs['guide_fn']}{_parents(graph, name, 'guide')}")
+    if attrs["model_fn"]:
+        parts.append(f"model {attrs['model_fn']}{_parents(graph, name, 'model')}")
+    return "   ".join(parts)
+
+
+def format_graph(graph):
+    """The fx-style listing of a dependency graph."""
+    lines = ["graph {"]
+    for name in param_sites(graph) + sample_sites(graph):
+        attrs = graph.nodes[name]
+        lines.append(f"    %{name} : {format_type(attrs, graph.graph['plates'])} = "
+                     f"{_site_rhs(graph, name, None)}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _wrap(prefix, text, indent):
+    return textwrap.wrap(text, WIDTH, initial_indent=prefix,
+                         subsequent_indent=" " * indent, break_on_hyphens=False) or [prefix]
+
+
+def format_plan(plan, source=False):
+    graph = plan.graph
+    options = ", ".join(f"{k}={v}" for k, v in plan.options)
+    lines = [f"plan {plan.loss_name}({options}) {{{' ' * 8}# key {plan.key_hash}"]
+    if plan.plates:
+        lines += _wrap("  plates  ", "; ".join(
+            f"{p}: size={i['size']}" + (f" subsample={i['subsample_size']}"
+                                        if i["subsample_size"] != i["size"] else "")
+            + (" sequential" if i["sequential"] else f" dim={i['dim']}")
+            for p, i in sorted(plan.plates.items())), 10)
+    if plan.params:
+        lines += _wrap("  params  ", "; ".join(
+            f"%{p}: {format_type(graph.nodes[p], plan.plates)}" for p in plan.params), 10)
+    lines.append("  sites")
+    width = max((len(n) for n in plan.sites), default=0)
+    for name, site in plan.sites.items():
+        attrs = graph.nodes[name]
+        line = (f"    %{name:<{width}} : {format_type(attrs, plan.plates)} = "
+                f"{_site_rhs(graph, name, site)}")
+        if source and attrs["source"]:
+            line += "   # " + ", ".join(f"{prog} {src}" for prog, src in attrs["source"])
+        lines.append(line)
+    scored = [(n, s) for n, s in plan.sites.items() if s.cost]
+    if scored:
+        lines.append("  costs")
+        for name, site in scored:
+            own = term_plates(graph, ("guide" if site.estimator != "prior" else "model", name))
+            text = ", ".join(format_term(graph, t, keep=own) for t in site.cost)
+            lines += _wrap(f"    %{name} <- ", text, 8)
+    baselines = [(n, s.baseline) for n, s in plan.sites.items() if s.baseline]
+    if baselines:
+        lines.append("  baselines")
+        for name, spec in baselines:
+            params = ", ".join(f"{k}={v}" for k, v in (("beta", spec.beta),
+                                                      ("module", spec.module_name)) if v)
+            lines.append(f"    %{name} : {spec.kind}" + (f"[{params}]" if params else ""))
+    lines.append("  objective")
+    lines += _wrap("    elbo      = ", format_sum(graph, [t.key for t in plan.terms]), 16)
+    if plan.scores:
+        pieces = []
+        for score in plan.scores:
+            own = term_plates(graph, (score.program, score.site))
+            cost = format_sum(graph, [t for t, _ in score.costs], keep=own)
+            base = f" - baseline:{score.site}" if score.baseline else ""
+            piece = f"{score.program}:{score.site} * stop({cost}{base})"
+            for plate in reversed(own):
+                piece = f"sum[{plate}]({piece})"
+            pieces.append(piece)
+        lines += _wrap("    surrogate = ", "elbo + " + " + ".join(pieces), 16)
+    lines.append("}")
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""Cost sets: which ELBO terms each score-function site is weighted by. Pure.
+
+Schulman et al. (2015), "Gradient estimation using stochastic computation graphs": a
+score-function site's surrogate needs only the cost terms downstream of it; dropping the rest
+keeps the estimator unbiased and cuts its variance (Rao-Blackwellization).
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+
+
+def cost_sets(graph, terms, scores, *, downstream_only):
+    """Map each score site to its cost terms (a tuple of ("model"|"guide", site) pairs).
+
+    Args:
+        graph: the dependency graph.
+        terms: the ELBO's terms in order (``elbo_terms``).
+        scores: (site, program) pairs (``score_sites``).
+        downstream_only: if true (TraceGraph_ELBO), keep only the terms that depend on the
+            site through the graph's edges, data or control, transitively; if false
+            (Trace_ELBO), keep every term.
+
+    Plate slicing is not decided here but in ``plan_reductions``; iterations of a sequential
+    plate other than the site's own are dropped here, being independent of it.
+
+    Time: one reverse topological sweep with bitsets, O((V + E) * V / 64) word operations.
+    """
+    if downstream_only:
+        index, reach = downstream_bits(graph)
+    out = {}
+    for site, _ in scores:
+        keep = [t for t in terms if not _independent_iteration(graph, site, t[1])]
+        if downstream_only:
+            keep = [t for t in keep if reach[site] >> index[t[1]] & 1]
+        out[site] = tuple(keep)
+    return out
+
+
+def downstream_bits(graph):
+    """(node -> bit index, node -> int bitset of itself and every node reachable from it)."""
+    # Guide and model may order sites oppositely (z2 -> z1 in the guide, z1 -> z2 in the
+    # model), so the graph can have cycles: sweep its condensation, whose nodes are the
+    # strongly connected components, and give every member its component's reach.
+    index = {n: i for i, n in enumerate(graph.nodes)}
+    dag = nx.condensation(graph)
+    members = dag.graph["mapping"]
+    comp_bits = {}
+    for comp in reversed(list(nx.topological_sort(dag))):
+        b = 0
+        for node in dag.nodes[comp]["members"]:
+            b |= 1 << index[node]
+        for child in dag.successors(comp):
+            b |= comp_bits[child]
+        comp_bits[comp] = b
+    return index, {node: comp_bits[members[node]] for node in graph.nodes}
+
+
+def _independent_iteration(graph, site, other):
+    """True if ``other`` is in a different iteration of a sequential plate ``site`` is in."""
+    mine = dict(graph.nodes[site]["sequential"])
+    for plate, counter in graph.nodes[other]["sequential"]:
+        if plate in mine and mine[plate] != counter:
+            return True
+    return False
+
+
+def plan_reductions(graph, site, program, costs):
+    """Dims to sum, per cost term and for the site's own score, so slices line up.
+
+    Returns:
+        (score_dims, ((term, dims), ...)): dims are negative and summed with keepdim, so the
+        kept dims are exactly the plates shared by the site and the term.
+    """
+    plates = graph.graph["plates"]
+    attrs = graph.nodes[site]
+    own_plates = attrs["guide_plates"] if program == "guide" else attrs["plates"]
+    own_dims = {plates[p]["dim"]: p for p in own_plates}
+    score_dims = tuple(d for d in range(-len(attrs["batch_shape"]), 0) if d not in own_dims)
+    out = []
+    for term in costs:
+        t = graph.nodes[term[1]]
+        t_plates = t["guide_plates"] if term[0] == "guide" else t["plates"]
+        shared = {plates[p]["dim"] for p in t_plates if p in own_plates}
+        dims = tuple(d for d in range(-len(t["batch_shape"]), 0) if d not in shared)
+        out.append((term, dims))
+    return score_dims, tuple(out)

@@ -1,0 +1,87 @@
+"""The objective and surrogate as sympy expressions, and their compact ASCII form. Pure.
+
+One symbol per log-prob term (``model:obs``, ``guide:z``); a plated term is an indexed
+symbol summed over its plate with a sympy ``Sum``; ``stop(.)`` marks a stop-gradient. The
+surrogate is the "magic box" form (Foerster et al. 2018): it has the objective's value, and
+each score site adds ``score * stop(cost)`` whose value is subtracted back at run time.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+
+stop = sp.Function("stop")
+
+
+def term_plates(graph, term):
+    attrs = graph.nodes[term[1]]
+    return attrs["guide_plates"] if term[0] == "guide" else attrs["plates"]
+
+
+def _index(plate):
+    return sp.Symbol(f"i_{plate}", integer=True, nonnegative=True)
+
+
+def _symbol(graph, term):
+    plates = term_plates(graph, term)
+    name = f"{term[0]}:{term[1]}"
+    if not plates:
+        return sp.Symbol(name)
+    return sp.IndexedBase(name)[tuple(_index(p) for p in plates)]
+
+
+def _sum_over(graph, expr, plates):
+    for plate in reversed(plates):
+        size = graph.graph["plates"][plate]["subsample_size"]
+        expr = sp.Sum(expr, (_index(plate), 0, size - 1))
+    return expr
+
+
+def _scale(graph, plates):
+    factor = sp.Integer(1)
+    for p in plates:
+        info = graph.graph["plates"][p]
+        if info["size"] != info["subsample_size"]:
+            factor *= sp.Rational(info["size"], info["subsample_size"])
+    return factor
+
+
+def term_expr(graph, term, keep=()):
+    """A term summed over its plates except ``keep``, scaled for subsampling."""
+    plates = term_plates(graph, term)
+    summed = [p for p in plates if p not in keep]
+    return _scale(graph, plates) * _sum_over(graph, _symbol(graph, term), summed)
+
+
+def build_objective(graph, terms, scores, costs):
+    """(objective, surrogate) sympy expressions of a plan."""
+    elbo = sum((term_expr(graph, t) * (1 if t[0] == "model" else -1) for t in terms),
+               sp.Integer(0))
+    surrogate = elbo
+    for site, program in scores:
+        own = term_plates(graph, (program, site))
+        cost = sum((term_expr(graph, t, keep=own) * (1 if t[0] == "model" else -1)
+                    for t in costs[site]), sp.Integer(0))
+        surrogate += _sum_over(graph, _symbol(graph, (program, site)) * stop(cost), own)
+    return elbo, surrogate
+
+
+# ---- compact ASCII: "sum[data](model:obs)" ----------------------------------------------
+
+def format_term(graph, term, keep=()):
+    plates = [p for p in term_plates(graph, term) if p not in keep]
+    text = f"{term[0]}:{term[1]}"
+    for plate in reversed(plates):
+        text = f"sum[{plate}]({text})"
+    return text
+
+
+def format_sum(graph, terms, keep=()):
+    out = ""
+    for t in terms:
+        piece = format_term(graph, t, keep)
+        if not out:
+            out = piece if t[0] == "model" else f"-{piece}"
+        else:
+            out += f" + {piece}" if t[0] == "model" else f" - {piece}"
+    return out or "0"

@@ -1,0 +1,40 @@
+"""Baseline state across steps, keyed by site name so it survives recompiling the site.
+
+Kinds (``BaselineSpec.kind``): ``decaying_avg`` (b = running average of the site's cost,
+updated after use), ``value`` (the user's detached tensor), ``nn`` (a module's prediction from
+``nn_baseline_input``; the module learns by its own squared error, added with zero value).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class BaselineState:
+    def __init__(self):
+        self.averages = {}
+        self.nn_loss = None  # summed squared errors of neural baselines this step
+
+    def get_state(self):
+        return {k: v.clone() for k, v in self.averages.items()}
+
+    def set_state(self, state):
+        self.averages = {k: v.clone() for k, v in state.items()}
+
+    def value(self, score_plan, cost, records):
+        spec = score_plan.baseline
+        options = records[score_plan.program][score_plan.site]["infer"]["baseline"]
+        if spec.kind == "decaying_avg":
+            old = self.averages.get(score_plan.site)
+            if old is None or old.shape != cost.shape:
+                old = torch.zeros_like(cost)
+            self.averages[score_plan.site] = spec.beta * old + (1.0 - spec.beta) * cost
+            return old
+        if spec.kind == "value":
+            return options["baseline_value"].detach()
+        if spec.kind == "nn":
+            prediction = options["nn_baseline"](options["nn_baseline_input"].detach())
+            error = ((prediction - cost) ** 2).sum()
+            self.nn_loss = error if self.nn_loss is None else self.nn_loss + error
+            return prediction.detach()
+        raise NotImplementedError(f"baseline kind {spec.kind!r}")

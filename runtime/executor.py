@@ -1,0 +1,123 @@
+"""Execute a Plan on one step's records: log-prob terms, then the score-function surrogate.
+
+Every decision (which terms, which dims to sum for which site, which baseline) was made by
+the compiler; this loop reads records and does tensor arithmetic, nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from compiler.errors import NonFiniteLossError, SupportError
+
+
+@dataclass
+class LossParts:
+    """One particle's pieces: ``elbo`` (value), ``surrogate`` (zero-valued gradient carrier),
+    and the scaled log-prob tensor of every term (for error reports)."""
+
+    elbo: torch.Tensor
+    surrogate: torch.Tensor
+    terms: dict
+
+
+def _log_prob(site, program):
+    try:
+        lp = site["fn"].log_prob(site["value"])
+    except ValueError as err:
+        fn = site["fn"]
+        raise SupportError(
+            f"{program} site {site['name']!r}: {type(fn).__name__}.log_prob failed: "
+            f"{str(err).splitlines()[0]}",
+            [f"value shape {tuple(site['value'].shape)}, batch {tuple(fn.batch_shape)}, "
+             f"event {tuple(fn.event_shape)}, support {fn.support}"],
+            "check that the value lies in the distribution's support and has the site's shape",
+            site=site["name"]) from err
+    mask = site["mask"]
+    if mask is not None:
+        lp = torch.where(mask, lp, lp.new_zeros(()))
+    return lp
+
+
+def run_plan(plan, records, baselines=None, with_surrogate=True):
+    """Compute one particle's ELBO and surrogate.
+
+    Args:
+        plan: the compiled Plan.
+        records: {"guide": name -> record, "model": name -> record} for this step.
+        baselines: a ``BaselineState`` (or None when the plan has no baselines).
+        with_surrogate: False for loss-only evaluation.
+    """
+    unscaled, scaled = {}, {}
+    elbo = 0.0
+    for term in plan.terms:
+        site = records[term.program][term.site]
+        lp = _log_prob(site, term.program)
+        unscaled[term.key] = lp
+        scale = site["scale"]
+        if not (scale.__class__ is float and scale == 1.0):
+            lp = lp * scale
+        scaled[term.key] = lp
+        elbo = elbo + lp.sum() if term.program == "model" else elbo - lp.sum()
+    if not isinstance(elbo, torch.Tensor):
+        elbo = torch.tensor(float(elbo))
+    surrogate = elbo.new_zeros(())
+    if with_surrogate:
+        for score_plan in plan.scores:
+            surrogate = surrogate + _score_term(score_plan, records, unscaled, scaled, baselines)
+        if baselines is not None and baselines.nn_loss is not None:
+            # The loss is -(elbo + surrogate): subtracting the baselines' squared error here
+            # makes the optimizer minimize it, at zero value.
+            surrogate = surrogate - baselines.nn_loss
+            baselines.nn_loss = None
+    return LossParts(elbo, surrogate, scaled)
+
+
+def _score_term(score_plan, records, unscaled, scaled, baselines):
+    key = (score_plan.program, score_plan.site)
+    score = unscaled.get(key)
+    if score is None:  # a prior-sampled model site: its own term is not in the ELBO
+        score = _log_prob(records[score_plan.program][score_plan.site], score_plan.program)
+    if score_plan.score_dims:
+        score = score.sum(score_plan.score_dims, keepdim=True)
+    cost = 0.0
+    for term, dims in score_plan.costs:
+        t = scaled[term]
+        if dims:
+            t = t.sum(dims, keepdim=True)
+        cost = cost + t if term[0] == "model" else cost - t
+    if not isinstance(cost, torch.Tensor):
+        return score.sum() * 0.0
+    cost = cost.detach()
+    if score_plan.baseline is not None:
+        cost = cost - baselines.value(score_plan, cost, records)
+    return (score * cost).sum()
+
+
+def check_finite(plan, parts, step=None):
+    """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
+    if bool(torch.isfinite(parts.elbo)):
+        return
+    for key, tensor in parts.terms.items():
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            site = plan.sites[key[1]]
+            plates = ", ".join(plan.graph.nodes[key[1]]["plates"]) or "none"
+            raise NonFiniteLossError(
+                f"loss term ('{key[0]}', '{key[1]}') is {_kind(tensor[bad])}"
+                + (f" at step {step}" if step is not None else ""),
+                [f"{int(bad.sum())} of {tensor.numel()} entries not finite; term shape "
+                 f"{tuple(tensor.shape)}, plates: {plates}",
+                 f"site {key[1]!r}: estimator {site.estimator}; parameters were not updated"],
+                "look for a parameter that overflowed (lower the learning rate, or clip\n"
+                'gradients: sg.optim.Adam({"lr": 1e-3}, clip_args={"clip_norm": 10.0})),\n'
+                "or data outside the support of the distribution that scores it",
+                site=key[1])
+    raise NonFiniteLossError(f"the ELBO is {_kind(parts.elbo)} although every term is finite "
+                             "(terms of opposite infinite sign?)", fix="inspect the plan's terms")
+
+
+def _kind(t):
+    return "nan" if bool(torch.isnan(t).any()) else "inf"

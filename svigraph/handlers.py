@@ -1,0 +1,162 @@
+"""Effect handlers: trace, replay, scale, condition, block, mask, seed.
+
+Each is a lowercase class usable three ways::
+
+    tr = trace(model).get_trace(data)                # wrapper
+    @scale(scale=1.0 / N)                            # decorator
+    def model(data): ...
+    with block(hide=["z"]): model(data)              # context manager
+
+and they compose: ``trace(replay(model, trace=guide_trace)).get_trace(data)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from svigraph.effects import Messenger
+from svigraph.primitives import plate, markov, set_rng_seed  # noqa: F401  (re-exported)
+from svigraph.trace_struct import Trace
+
+
+class trace(Messenger):
+    """Record every site of a run into a ``Trace`` (``.trace``); ``param_only`` keeps params.
+
+    Example:
+        >>> tr = trace(model).get_trace(data)
+        >>> tr["z"]["value"], tr.log_prob_sum()
+    """
+
+    def __init__(self, fn=None, param_only=False):
+        super().__init__(fn)
+        self.param_only = param_only
+        self.trace = Trace()
+
+    def __enter__(self):
+        self.trace = Trace()
+        return super().__enter__()
+
+    def postprocess_message(self, msg):
+        if self.param_only and msg["type"] != "param":
+            return
+        self.trace.add_site(msg.copy())
+
+    def get_trace(self, *args, **kwargs):
+        self(*args, **kwargs)
+        return self.trace
+
+
+class replay(Messenger):
+    """Reuse the values of ``trace`` for the unobserved sample sites of the same name."""
+
+    def __init__(self, fn=None, trace=None, params=None):
+        super().__init__(fn)
+        if trace is None and params is None:
+            raise ValueError("replay needs trace=... (a Trace, e.g. the guide's) or params=...")
+        self.replay_trace = trace
+        self.params = params
+
+    def process_message(self, msg):
+        kind = msg["type"]
+        if kind == "param":
+            if self.params is not None and msg["name"] in self.params:
+                msg["value"] = self.params[msg["name"]]
+            return
+        if self.replay_trace is None or msg["is_observed"]:
+            return
+        site = self.replay_trace.get(msg["name"])
+        if site is not None and site["type"] == kind:
+            msg["value"] = site["value"]
+
+
+class scale(Messenger):
+    """Multiply the log density of every sample site by ``scale`` (> 0)."""
+
+    def __init__(self, fn=None, scale=1.0):
+        super().__init__(fn)
+        if isinstance(scale, (int, float)) and scale <= 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = float(scale) if isinstance(scale, (int, float)) else scale
+
+    def process_message(self, msg):
+        if msg["type"] == "sample":
+            msg["scale"] = self.scale * msg["scale"]
+
+
+class condition(Messenger):
+    """Observe the sites named in ``data`` (a dict or Trace) at the given values."""
+
+    def __init__(self, fn=None, data=None):
+        super().__init__(fn)
+        if data is None:
+            raise ValueError("condition needs data={site name: value}")
+        self.data = data
+
+    def process_message(self, msg):
+        if msg["type"] != "sample" or msg["name"] not in self.data:
+            return
+        value = self.data[msg["name"]]
+        if isinstance(value, dict):  # a Trace's site
+            value = value["value"]
+        msg["value"] = value
+        msg["is_observed"] = True
+
+
+class block(Messenger):
+    """Hide sites from the handlers outside this one.
+
+    With no arguments every site is hidden. ``hide`` / ``expose`` are site names,
+    ``hide_types`` / ``expose_types`` message types, ``hide_fn`` / ``expose_fn`` predicates.
+    """
+
+    def __init__(self, fn=None, hide_fn=None, expose_fn=None, hide_all=True, expose_all=False,
+                 hide=None, expose=None, hide_types=None, expose_types=None):
+        super().__init__(fn)
+        if hide_fn is not None:
+            self._hidden = hide_fn
+        elif expose_fn is not None:
+            self._hidden = lambda msg: not expose_fn(msg)
+        elif hide is not None or hide_types is not None:
+            hide, types = set(hide or ()), set(hide_types or ())
+            self._hidden = lambda msg: msg["name"] in hide or msg["type"] in types
+        elif expose is not None or expose_types is not None:
+            expose, types = set(expose or ()), set(expose_types or ())
+            self._hidden = lambda msg: not (msg["name"] in expose or msg["type"] in types)
+        else:
+            self._hidden = (lambda msg: True) if hide_all and not expose_all else (lambda msg: False)
+
+    def process_message(self, msg):
+        if self._hidden(msg):
+            msg["stop"] = True
+
+
+class mask(Messenger):
+    """Mask the log density of sample sites: entries where ``mask`` is False count as 0."""
+
+    def __init__(self, fn=None, mask=None):
+        super().__init__(fn)
+        if mask is None:
+            raise ValueError("mask needs mask=... (a bool or a bool tensor)")
+        if isinstance(mask, torch.Tensor) and mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor, got dtype {mask.dtype}; use mask.bool()")
+        self.mask = mask
+
+    def process_message(self, msg):
+        if msg["type"] != "sample":
+            return
+        old = msg["mask"]
+        msg["mask"] = self.mask if old is None else (old & self.mask)
+
+
+class seed(Messenger):
+    """Seed the random number generators on entry, for a reproducible run."""
+
+    def __init__(self, fn=None, rng_seed=None):
+        super().__init__(fn)
+        if rng_seed is None:
+            raise ValueError("seed needs rng_seed=<int>")
+        self.rng_seed = rng_seed
+
+    def __enter__(self):
+        set_rng_seed(self.rng_seed)
+        return super().__enter__()

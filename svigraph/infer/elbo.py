@@ -1,0 +1,166 @@
+"""The ELBO base class: record a step, find (or compile) its plan, execute it.
+
+Each step runs the guide and the model once with a lean recording handler, computes the
+structure key of what ran, and looks the plan up by it. A new structure (sites appearing
+with a sampled value, new shapes) is traced again with provenance, by replaying this very
+step's values, and compiled; the step then runs on the new plan. So no step is ever
+estimated with a plan compiled for a different structure.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+
+import torch
+
+from compiler import PlanCache, compile_plan
+from compiler.baselines import baseline_specs
+from runtime.baselines import BaselineState
+from runtime.executor import check_finite, run_plan
+from runtime.records import args_signature, structure_key
+from svigraph.recording import record
+from svigraph.tracing import trace_graph
+
+log = logging.getLogger("svigraph.compiler")
+_DEBUG = int(os.environ.get("SVIGRAPH_DEBUG", "0") or 0)
+
+
+class _PlanRunner:
+    """What a Plan delegates execution to: its objective, model and guide."""
+
+    def __init__(self, elbo, model, guide):
+        self.elbo, self.model, self.guide = elbo, model, guide
+
+    def loss(self, *args, **kwargs):
+        return self.elbo.loss(self.model, self.guide, *args, **kwargs)
+
+    def differentiable_loss(self, *args, **kwargs):
+        return self.elbo.differentiable_loss(self.model, self.guide, *args, **kwargs)
+
+    def loss_and_grads(self, *args, **kwargs):
+        return self.elbo.loss_and_grads(self.model, self.guide, *args, **kwargs)
+
+
+class ELBO:
+    """Base of the ELBO objectives.
+
+    Args:
+        num_particles: samples averaged per estimate.
+        max_plate_nesting: the most nested plates in the model (needed for enumeration).
+        vectorize_particles: draw particles in one vectorized pass (not yet supported).
+        strict_enumeration_warning, retain_graph: as in Pyro's ELBOs.
+    """
+
+    loss_name = "ELBO"
+    downstream_only = False
+
+    def __init__(self, num_particles=1, max_plate_nesting=float("inf"), max_iarange_nesting=None,
+                 vectorize_particles=False, strict_enumeration_warning=True,
+                 ignore_jit_warnings=False, jit_options=None, retain_graph=None,
+                 tail_adaptive_beta=-1.0):
+        if int(num_particles) != num_particles or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
+        if vectorize_particles:
+            raise NotImplementedError(
+                "vectorize_particles=True is not supported yet; use num_particles with "
+                "vectorize_particles=False (particles run one after another)")
+        self.num_particles = int(num_particles)
+        self.max_plate_nesting = max_plate_nesting if max_iarange_nesting is None \
+            else max_iarange_nesting
+        self.vectorize_particles = vectorize_particles
+        self.strict_enumeration_warning = strict_enumeration_warning
+        self.retain_graph = retain_graph
+        self._caches = weakref.WeakKeyDictionary()  # guide -> {model: PlanCache}
+        self.baselines = BaselineState()
+        self.last_plan = None
+        self.last_params = {}
+        self.step_count = 0
+
+    # ---- options shown in the printed plan --------------------------------------------
+    def options(self):
+        return (("num_particles", self.num_particles),)
+
+    # ---- plans -------------------------------------------------------------------------
+    def _cache(self, model, guide):
+        try:
+            per_guide = self._caches.setdefault(guide, weakref.WeakKeyDictionary())
+            return per_guide.setdefault(model, PlanCache())
+        except TypeError:  # not weak-referenceable: keep a strong reference
+            strong = self.__dict__.setdefault("_strong_caches", {})
+            return strong.setdefault((id(model), id(guide)), PlanCache())
+
+    def compile(self, model, guide, *args, **kwargs):
+        """Trace once and return the Plan for this model, guide and arguments."""
+        guide_rec, model_rec = record(model, guide, args, kwargs)
+        return self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
+
+    def _plan_for(self, model, guide, args, kwargs, guide_rec, model_rec):
+        key = structure_key(guide_rec.sites, model_rec.sites, args_signature(args, kwargs))
+        cache = self._cache(model, guide)
+        plan = cache.get(key)
+        if plan is None:
+            why = cache.explain_miss(key)
+            traced = trace_graph(model, guide, args, kwargs, replay_guide=guide_rec.replay_trace())
+            plan = self._compile_graph(traced.graph, key)
+            plan = plan.__class__(**{**plan.__dict__, "runner": _PlanRunner(self, model, guide)})
+            cache.put(key, plan)
+            log.info("compiled plan %s (%s)", plan.key_hash, why)
+            if _DEBUG:
+                print(f"[svigraph] compiled plan {plan.key_hash}: {why}\n{plan}")
+        self.last_plan = plan
+        return plan
+
+    def _compile_graph(self, graph, key):
+        return compile_plan(graph, loss_name=self.loss_name, options=self.options(), key=key,
+                            downstream_only=self.downstream_only, baselines=baseline_specs)
+
+    # ---- execution ---------------------------------------------------------------------
+    def _particle(self, model, guide, args, kwargs, with_surrogate=True):
+        guide_rec, model_rec = record(model, guide, args, kwargs)
+        plan = self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
+        records = {"guide": guide_rec.sites, "model": model_rec.sites}
+        parts = run_plan(plan, records, self.baselines, with_surrogate=with_surrogate)
+        check_finite(plan, parts, self.step_count)
+        self.last_params.update(guide_rec.params)
+        self.last_params.update(model_rec.params)
+        return parts
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        """A tensor whose value is the −ELBO estimate and whose gradient is an unbiased
+        estimate of −∇ELBO (the surrogate rides along at zero value)."""
+        self.last_params = {}
+        total = 0.0
+        for _ in range(self.num_particles):
+            parts = self._particle(model, guide, args, kwargs)
+            total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
+        self.step_count += 1
+        return total / self.num_particles
+
+    def loss(self, model, guide, *args, **kwargs):
+        """The −ELBO estimate, a float (no gradients are computed)."""
+        with torch.no_grad():
+            total = 0.0
+            for _ in range(self.num_particles):
+                total -= float(self._particle(model, guide, args, kwargs, False).elbo)
+        return total / self.num_particles
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        """The −ELBO estimate as a float, with ``backward()`` done on the surrogate loss."""
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        if loss.requires_grad:
+            loss.backward(retain_graph=self.retain_graph)
+        return float(loss.detach())
+
+    def param_leaves(self):
+        """The unconstrained leaves of the params the last step used."""
+        leaves = []
+        for value in self.last_params.values():
+            leaf = value.unconstrained() if hasattr(value, "unconstrained") else value
+            if leaf is not None and leaf.requires_grad:
+                leaves.append(leaf)
+        return leaves
+
+    def __call__(self, model, guide, *args, **kwargs):
+        return self.differentiable_loss(model, guide, *args, **kwargs)

@@ -1,0 +1,1 @@
+from svigraph.ops import provenance  # noqa: F401

@@ -1,0 +1,128 @@
+"""Provenance: which named sources a tensor's value was computed from.
+
+``track_provenance(x, frozenset({"a"}))`` tags a tensor; every torch operation on tagged
+tensors returns a result tagged with the union of its inputs' provenance. Reading a tagged
+value into Python (``.item()``, ``bool()``, ``int()``, ``float()``, ``.tolist()``, using it
+as an index) is control flow: listeners registered with ``on_python_read`` hear of it.
+
+Example:
+    >>> a = track_provenance(torch.randn(3), frozenset({"a"}))
+    >>> b = track_provenance(torch.randn(3), frozenset({"b"}))
+    >>> sorted(get_provenance(a * (b + torch.randn(3))))
+    ['a', 'b']
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["ProvenanceTensor", "track_provenance", "get_provenance", "detach_provenance",
+           "on_python_read"]
+
+# Tensor methods that move a value out of torch into Python.
+_PYTHON_READS = frozenset([
+    torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
+    torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__complex__,
+])
+
+_READ_LISTENERS = []
+
+
+class on_python_read:
+    """Context manager: call ``listener(provenance, func)`` at each read into Python."""
+
+    def __init__(self, listener):
+        self.listener = listener
+
+    def __enter__(self):
+        _READ_LISTENERS.append(self.listener)
+        return self
+
+    def __exit__(self, *exc):
+        _READ_LISTENERS.remove(self.listener)
+
+
+class ProvenanceTensor(torch.Tensor):
+    """A tensor carrying a frozenset of provenance; build it with ``track_provenance``."""
+
+    @staticmethod
+    def __new__(cls, data, provenance=frozenset()):
+        if isinstance(data, ProvenanceTensor):
+            provenance = provenance | data._provenance
+            data = data._t
+        out = data.as_subclass(cls)
+        out._t = data
+        out._provenance = frozenset(provenance)
+        return out
+
+    def __repr__(self):
+        return f"{self._t!r} (provenance {sorted(map(str, self._provenance))})"
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        provenance = set()
+        args = _unwrap(args, provenance)
+        kwargs = _unwrap(kwargs or {}, provenance)
+        if provenance and func in _PYTHON_READS:
+            for listener in list(_READ_LISTENERS):
+                listener(frozenset(provenance), func)
+        result = func(*args, **kwargs)
+        return _wrap(result, frozenset(provenance)) if provenance else result
+
+
+def _unwrap(obj, provenance):
+    if isinstance(obj, ProvenanceTensor):
+        provenance |= obj._provenance
+        return obj._t
+    if isinstance(obj, (list, tuple)) and obj:
+        items = [_unwrap(x, provenance) for x in obj]
+        return tuple(items) if isinstance(obj, tuple) else items
+    if isinstance(obj, dict) and obj:
+        return {k: _unwrap(v, provenance) for k, v in obj.items()}
+    return obj
+
+
+def _wrap(obj, provenance):
+    if isinstance(obj, torch.Tensor):
+        return ProvenanceTensor(obj, provenance)
+    if isinstance(obj, tuple):
+        items = [_wrap(x, provenance) for x in obj]
+        if hasattr(type(obj), "n_fields"):  # torch.return_types structseq
+            return type(obj)(items)
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [_wrap(x, provenance) for x in obj]
+    return obj
+
+
+def track_provenance(x, provenance):
+    """Tag ``x`` (a tensor, or a tuple/list/dict of them) with ``provenance``."""
+    if isinstance(x, torch.Tensor):
+        return ProvenanceTensor(x, provenance)
+    if isinstance(x, (tuple, list)):
+        return type(x)(track_provenance(v, provenance) for v in x)
+    if isinstance(x, dict):
+        return {k: track_provenance(v, provenance) for k, v in x.items()}
+    return x
+
+
+def get_provenance(x):
+    """The provenance of ``x``: the union over tensors in it (frozenset() if untagged)."""
+    if isinstance(x, ProvenanceTensor):
+        return x._provenance
+    if isinstance(x, (tuple, list)):
+        return frozenset().union(*(get_provenance(v) for v in x))
+    if isinstance(x, dict):
+        return frozenset().union(*(get_provenance(v) for v in x.values()))
+    return frozenset()
+
+
+def detach_provenance(x):
+    """``x`` without its provenance tag (same data, same autograd history)."""
+    if isinstance(x, ProvenanceTensor):
+        return x._t
+    if isinstance(x, (tuple, list)):
+        return type(x)(detach_provenance(v) for v in x)
+    if isinstance(x, dict):
+        return {k: detach_provenance(v) for k, v in x.items()}
+    return x

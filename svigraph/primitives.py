@@ -1,0 +1,266 @@
+"""The statements a model or guide is written in: sample, param, module, factor, plate, markov."""
+
+from __future__ import annotations
+
+import random
+from collections import namedtuple
+
+import torch
+
+from compiler.errors import PlateError
+from svigraph import effects
+from svigraph.effects import Messenger, apply_stack, new_message
+from svigraph.params import get_param_store
+
+
+def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
+    """Draw a random value named ``name`` from distribution ``fn``, or observe ``obs``.
+
+    Args:
+        name: the site's name, unique in one run of the model (or guide).
+        fn: a distribution.
+        obs: observed data; the site is then an observation, scored but not sampled.
+        infer: per-site options: ``{"enumerate": "parallel"|"sequential"}``,
+            ``{"baseline": {...}}``, ``{"is_auxiliary": True}``, ``{"sample_from_prior": True}``.
+    """
+    if not effects._STACK:  # the lean path: no handler, just a draw
+        if obs is not None:
+            return obs
+        return fn.rsample() if fn.has_rsample else fn.sample()
+    msg = new_message("sample", name, fn, obs, is_observed=obs is not None, infer=infer)
+    return apply_stack(msg)["value"]
+
+
+def param(name, init=None, constraint=torch.distributions.constraints.real, event_dim=None):
+    """A named trainable tensor from the param store, created from ``init`` on first use.
+
+    Returns the constrained value; its ``.unconstrained()`` is the leaf optimizers update.
+    """
+    store = get_param_store()
+    if not effects._STACK:
+        return store.get(name, init, constraint)
+    msg = new_message("param", name, store.get, args=(name, init, constraint))
+    msg["event_dim"] = event_dim
+    return apply_stack(msg)["value"]
+
+
+def module(name, nn_module, update_module_params=False):
+    """Register an ``nn.Module``'s parameters in the param store as ``name.param_name``.
+
+    If the store already holds a value under that name (after ``load``, say), the module's
+    parameter is set from it, so a restored store restores the module.
+    """
+    store = get_param_store()
+    for param_name, p in nn_module.named_parameters():
+        full = f"{name}.{param_name}"
+        store.register_leaf(full, p, overwrite_module=not update_module_params)
+        param(full)
+    return nn_module
+
+
+class _Factor(torch.distributions.Distribution):
+    """A 'distribution' whose log_prob is a given tensor: the site of ``factor``."""
+
+    arg_constraints = {}
+    has_rsample = False
+
+    def __init__(self, log_factor):
+        self.log_factor = log_factor
+        super().__init__(batch_shape=log_factor.shape, validate_args=False)
+
+    def log_prob(self, value):
+        return self.log_factor
+
+    def sample(self, sample_shape=torch.Size()):
+        return self.log_factor.new_empty(sample_shape + self.batch_shape + (0,))
+
+    def expand(self, batch_shape, _instance=None):
+        return _Factor(self.log_factor.expand(batch_shape))
+
+
+def factor(name, log_factor):
+    """Add ``log_factor`` to the model's log density, as an observed site named ``name``."""
+    log_factor = torch.as_tensor(log_factor)
+    fn = _Factor(log_factor)
+    sample(name, fn, obs=fn.sample())
+
+
+# A plate frame on a message's cond_indep_stack: dim is None for a sequential plate, whose
+# iterations are told apart by ``counter``.
+Frame = namedtuple("Frame", ["name", "size", "subsample_size", "dim", "counter"])
+
+
+class plate(Messenger):
+    """Mark conditionally independent draws.
+
+    As a context manager, sites inside are vectorized along ``dim`` (allocated automatically
+    right to left when omitted) and broadcast to the plate's size; with ``subsample_size``,
+    a random subset of indices is used and every term inside is scaled by
+    ``size / subsample_size``. Iterating, ``for i in plate(...)``, runs a sequential plate.
+    ``size`` may be omitted: it is then read from the first site's batch shape at ``dim``.
+
+    Example:
+        >>> with plate("data", 100, subsample_size=10) as idx:
+        ...     sample("obs", dist.Normal(loc, 1.0), obs=data[idx])
+    """
+
+    def __init__(self, name, size=None, subsample_size=None, dim=None, subsample=None):
+        super().__init__(None)
+        if dim is not None and dim >= 0:
+            raise PlateError(f"plate {name!r}: dim must be negative, got {dim}",
+                             fix=f"count dims from the right, e.g. sg.plate({name!r}, ..., dim=-1)",
+                             plate=name)
+        if subsample is not None:
+            subsample = torch.as_tensor(subsample)
+            subsample_size = len(subsample)
+        if size is None and subsample_size is not None and subsample is None:
+            raise PlateError(f"plate {name!r}: subsample_size={subsample_size} needs a size",
+                             fix=f"give the full size, e.g. sg.plate({name!r}, N, subsample_size=...)",
+                             plate=name)
+        self.name = name
+        self.size = size
+        self.subsample_size = subsample_size if subsample_size is not None else size
+        self.user_dim = dim
+        self.dim = dim
+        self._subsample = subsample
+        self._indices = None
+        self._counter = None
+        self._scale = 1.0
+
+    # vectorized use
+    def __enter__(self):
+        self.dim = self._allocate_dim()
+        self._indices = self._draw_indices()
+        super().__enter__()
+        return self._indices
+
+    def _allocate_dim(self):
+        taken = {h.dim: h.name for h in effects._STACK if isinstance(h, plate) and h.dim is not None
+                 and h._counter is None}
+        if self.user_dim is not None:
+            if self.user_dim in taken:
+                raise PlateError(
+                    f"plate {self.name!r} asks for dim {self.user_dim}, already used by "
+                    f"enclosing plate {taken[self.user_dim]!r}",
+                    [f"active plates: {', '.join(f'{n} (dim {d})' for d, n in sorted(taken.items()))}"],
+                    f"give the plates different dims, e.g. sg.plate({self.name!r}, ..., dim="
+                    f"{min(taken) - 1}), or leave dim out to allocate one automatically",
+                    plate=self.name)
+            return self.user_dim
+        dim = -1
+        while dim in taken:
+            dim -= 1
+        return dim
+
+    def _draw_indices(self):
+        if self.size is None:
+            return None
+        if self._subsample is None and self.subsample_size >= self.size:
+            self._scale = 1.0
+            indices = torch.arange(self.size)
+        else:
+            msg = new_message("subsample", self.name, _random_subsample,
+                              self._subsample, args=(self.size, self.subsample_size))
+            indices = apply_stack(msg)["value"] if effects._STACK else \
+                _random_subsample(self.size, self.subsample_size)
+            self._scale = self.size / len(indices)
+        self.subsample_size = len(indices)
+        return indices
+
+    def process_message(self, msg):
+        if msg["type"] != "sample":
+            return
+        if self._counter is not None:  # sequential iteration
+            msg["cond_indep_stack"] += (Frame(self.name, self.size, self.subsample_size, None,
+                                              self._counter),)
+            msg["scale"] = msg["scale"] * self._scale
+            return
+        if self.size is None:
+            self._infer_size(msg)
+        msg["cond_indep_stack"] += (Frame(self.name, self.size, self.subsample_size, self.dim, None),)
+        msg["fn"] = self._broadcast(msg)
+        if self._scale != 1.0:
+            msg["scale"] = msg["scale"] * self._scale
+
+    def _infer_size(self, msg):
+        shape = msg["fn"].batch_shape
+        if msg["value"] is not None:
+            event = len(msg["fn"].event_shape)
+            vshape = msg["value"].shape
+            shape = vshape[:len(vshape) - event] if event else vshape
+        size = shape[self.dim] if len(shape) >= -self.dim else 1
+        self.size = self.subsample_size = size
+        self._indices = torch.arange(size)
+
+    def _broadcast(self, msg):
+        fn = msg["fn"]
+        batch = list(fn.batch_shape)
+        if len(batch) < -self.dim:
+            batch = [1] * (-self.dim - len(batch)) + batch
+        have = batch[self.dim]
+        if have == self.subsample_size:
+            return fn
+        if have != 1:
+            raise PlateError(
+                f"site {msg['name']!r}: batch shape {tuple(fn.batch_shape)} has size {have} at "
+                f"dim {self.dim}, but plate {self.name!r} there has size {self.subsample_size}",
+                [f"plate {self.name!r}: size {self.size}, subsample {self.subsample_size}, dim {self.dim}",
+                 f"site {msg['name']!r}: {type(fn).__name__} batch {tuple(fn.batch_shape)} "
+                 f"event {tuple(fn.event_shape)}"],
+                f"make the site's parameters size {self.subsample_size} (or 1) at dim {self.dim};\n"
+                "if that dim belongs to the event, declare it with .to_event(1) instead",
+                site=msg["name"], plate=self.name,
+                shapes={"batch": tuple(fn.batch_shape), "plate": self.subsample_size})
+        batch[self.dim] = self.subsample_size
+        return fn.expand(torch.Size(batch))
+
+    # sequential use
+    def __iter__(self):
+        if self.size is None:
+            raise PlateError(f"sequential plate {self.name!r} needs a size",
+                             fix=f"sg.plate({self.name!r}, N) before iterating", plate=self.name)
+        self.dim = None
+        indices = self._draw_indices()
+        for counter, i in enumerate(indices.tolist()):
+            self._counter = counter
+            effects._STACK.append(self)  # not self.__enter__: no dim, indices already drawn
+            try:
+                yield i
+            finally:
+                if self in effects._STACK:
+                    del effects._STACK[effects._STACK.index(self):]
+        self._counter = None
+
+
+def _random_subsample(size, subsample_size):
+    return torch.randperm(size)[:subsample_size]
+
+
+class markov(Messenger):
+    """Mark a Markov chain with ``history`` steps of memory.
+
+    Usable as a context manager or to iterate over a range (``for t in markov(range(T))``).
+    Under objectives that do not enumerate it changes nothing; enumeration will reuse its
+    dims to keep long chains linear in memory.
+    """
+
+    def __init__(self, fn=None, history=1, keep=False, dim=None, name=None):
+        self.history = history
+        self.keep = keep
+        self._iterable = None
+        if fn is not None and not callable(fn):
+            self._iterable, fn = fn, None
+        super().__init__(fn)
+
+    def __iter__(self):
+        if self._iterable is None:
+            raise TypeError("markov(...) is iterable only when given a range, e.g. markov(range(T))")
+        for item in self._iterable:
+            with self:
+                yield item
+
+
+def set_rng_seed(seed):
+    """Seed torch and Python's ``random`` for reproducible runs."""
+    torch.manual_seed(seed)
+    random.seed(seed)
