@@ -37,7 +37,7 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
         ScorePlan(site, program, *plan_reductions(graph, site, program, costs[site]),
                   baseline=specs.get(site))
         for site, program in scores)
-    objective, surrogate = build_objective(graph, terms, scores, costs)
+    objective, surrogate = build_objective(graph, terms, scores, costs, baselines=specs)
     sites = {
         name: SitePlan(name, est, plates=graph.nodes[name]["plates"],
                        cost=costs.get(name, ()), baseline=specs.get(name),

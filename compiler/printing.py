@@ -76,7 +76,9 @@ def format_plan(plan, source=False):
             for p, i in sorted(plan.plates.items())), 10)
     if plan.params:
         lines += _wrap("  params  ", "; ".join(
-            f"%{p}: {format_type(graph.nodes[p], plan.plates)}" for p in plan.params), 10)
+            f"%{p}: {format_type(graph.nodes[p], plan.plates)}"
+            + (f" {graph.nodes[p]['support']}" if graph.nodes[p]["support"] not in (None, "real")
+               else "") for p in plan.params), 10)
     lines.append("  sites")
     width = max((len(n) for n in plan.sites), default=0)
     for name, site in plan.sites.items():

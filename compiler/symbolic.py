@@ -53,8 +53,8 @@ def term_expr(graph, term, keep=()):
     return _scale(graph, plates) * _sum_over(graph, _symbol(graph, term), summed)
 
 
-def build_objective(graph, terms, scores, costs):
-    """(objective, surrogate) sympy expressions of a plan."""
+def build_objective(graph, terms, scores, costs, baselines=()):
+    """(objective, surrogate) sympy expressions of a plan; ``baselines``: sites that have one."""
     elbo = sum((term_expr(graph, t) * (1 if t[0] == "model" else -1) for t in terms),
                sp.Integer(0))
     surrogate = elbo
@@ -62,6 +62,8 @@ def build_objective(graph, terms, scores, costs):
         own = term_plates(graph, (program, site))
         cost = sum((term_expr(graph, t, keep=own) * (1 if t[0] == "model" else -1)
                     for t in costs[site]), sp.Integer(0))
+        if site in baselines:
+            cost -= sp.Symbol(f"baseline:{site}")
         surrogate += _sum_over(graph, _symbol(graph, (program, site)) * stop(cost), own)
     return elbo, surrogate
 

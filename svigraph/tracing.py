@@ -23,6 +23,7 @@ from svigraph.effects import Messenger
 from svigraph.handlers import replay, trace
 from svigraph.ops.provenance import (detach_provenance, get_provenance, on_python_read,
                                      track_provenance)
+from svigraph.params import get_param_store
 from svigraph.primitives import _Factor
 from svigraph.trace_struct import site_log_prob
 
@@ -30,6 +31,11 @@ _PACKAGE_DIRS = tuple(
     os.path.dirname(os.path.abspath(m.__file__)) + os.sep
     for m in (sys.modules["svigraph"], sys.modules["compiler"], torch)
 )
+_USER_FILES_IN_PACKAGE = (os.path.join("svigraph", "demo.py"),)  # built-in example models
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+# Files a read passes through on its way from the caller to the listener.
+_READ_PLUMBING = (os.path.join(_TORCH_DIR, "_tensor.py"), os.path.join(_TORCH_DIR, "overrides.py"),
+                  os.path.abspath(sys.modules["svigraph.ops.provenance"].__file__))
 
 
 @dataclass
@@ -52,6 +58,22 @@ def user_source():
     return None
 
 
+def _read_by_user_code():
+    """Whether the read being reported was made by the user's program.
+
+    Reads inside torch (argument validation in distribution constructors, say) or inside
+    svigraph are not the user's control flow, and would otherwise make every parameter a
+    control parent of every later site.
+    """
+    frame = sys._getframe(2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename) in _READ_PLUMBING:
+        frame = frame.f_back
+    if frame is None:
+        return True
+    filename = os.path.abspath(frame.f_code.co_filename)
+    return not filename.startswith(_PACKAGE_DIRS) or filename.endswith(_USER_FILES_IN_PACKAGE)
+
+
 class _ProvenanceTracer(Messenger):
     """Tags each site's value with its own name and records what its distribution read."""
 
@@ -64,7 +86,8 @@ class _ProvenanceTracer(Messenger):
         self.reads = []      # (position in self.order, provenance) for each read into Python
 
     def listen(self, provenance, func):
-        self.reads.append((len(self.order), provenance))
+        if _read_by_user_code():
+            self.reads.append((len(self.order), provenance))
 
     def postprocess_message(self, msg):
         kind, name = msg["type"], msg["name"]
@@ -250,7 +273,9 @@ def _add_side(attrs, site, program, source):
         attrs["source"] = attrs["source"] + ((program, source),)
     if site["type"] == "param":
         value = site["value"]
-        attrs.update(batch_shape=tuple(value.shape), dtype=_dtype(value))
+        constraint = get_param_store().get_constraint(site["name"])
+        attrs.update(batch_shape=tuple(value.shape), dtype=_dtype(value),
+                     support=constraint_name(constraint))
         return
     fn = site["fn"]
     frames = tuple(reversed(site["cond_indep_stack"]))  # outermost first
@@ -271,6 +296,14 @@ def _add_side(attrs, site, program, source):
     enum = site["infer"].get("enumerate")
     if enum is not None:
         attrs["enumerate"] = enum
+
+
+def constraint_name(c):
+    """``positive``, ``unit_interval``...: the torch name of a constraint, else its repr."""
+    for name in dir(constraints):
+        if getattr(constraints, name) is c:
+            return name
+    return repr(c)
 
 
 def _freeze(v):
