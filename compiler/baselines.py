@@ -14,14 +14,32 @@ class BaselineError(SvigraphError, ValueError):
     """A site's baseline options are contradictory or misspelled."""
 
 
+PARTICLE_PLATE = "particles"  # the plate vectorize_particles=True runs particles in
+
+
 def baseline_specs(graph, scores):
     """Map each score site that asks for a baseline to its ``BaselineSpec``."""
     specs = {}
     for site, _ in scores:
         options = dict(infer_option(graph.nodes[site], "baseline", ()) or ())
         if options:
-            specs[site] = _spec(site, options)
+            spec = _spec(site, options)
+            if spec is not None and spec.kind == "loo":
+                spec = _loo_spec(graph, site)
+            if spec is not None:
+                specs[site] = spec
     return specs
+
+
+def _loo_spec(graph, site):
+    info = graph.graph["plates"].get(PARTICLE_PLATE)
+    if info is None or info["size"] < 2 or PARTICLE_PLATE not in graph.nodes[site]["guide_plates"]:
+        raise BaselineError(
+            f"site {site!r}: the leave-one-out baseline needs several vectorized particles",
+            [f"particle plate: {info}"],
+            "use e.g. TraceGraph_ELBO(num_particles=8, vectorize_particles=True, "
+            "max_plate_nesting=1)", site=site)
+    return BaselineSpec("loo", dim=info["dim"])
 
 
 def _spec(site, options):
@@ -46,10 +64,6 @@ def _spec(site, options):
                             fix="use a decay such as 0.90 or 0.95")
     if not kinds:
         return None
-    if kinds[0] == "use_loo_baseline":
-        raise BaselineError(f"site {site!r}: the leave-one-out baseline is not implemented yet",
-                            fix="use use_decaying_avg_baseline, nn_baseline or baseline_value",
-                            site=site)
     kind = {"use_decaying_avg_baseline": "decaying_avg", "nn_baseline": "nn",
             "baseline_value": "value", "use_loo_baseline": "loo"}[kinds[0]]
     return BaselineSpec(kind, beta=beta if kind == "decaying_avg" else None,

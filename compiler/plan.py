@@ -18,6 +18,7 @@ class BaselineSpec:
     kind: str                      # "decaying_avg" | "nn" | "value" | "loo"
     beta: Optional[float] = None
     module_name: Optional[str] = None
+    dim: Optional[int] = None      # the particle dim, for "loo"
 
 
 @dataclass(frozen=True)

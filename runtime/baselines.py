@@ -2,7 +2,8 @@
 
 Kinds (``BaselineSpec.kind``): ``decaying_avg`` (b = running average of the site's cost,
 updated after use), ``value`` (the user's detached tensor), ``nn`` (a module's prediction from
-``nn_baseline_input``; the module learns by its own squared error, added with zero value).
+``nn_baseline_input``; the module learns by its own squared error, added with zero value),
+``loo`` (leave-one-out across vectorized particles: the mean cost of the other particles).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ class BaselineState:
                 old = torch.zeros_like(cost)
             self.averages[score_plan.site] = spec.beta * old + (1.0 - spec.beta) * cost
             return old
+        if spec.kind == "loo":
+            # particle i's baseline: the mean cost of the other particles, independent of it
+            n = cost.shape[spec.dim]
+            return (cost.sum(spec.dim, keepdim=True) - cost) / (n - 1)
         if spec.kind == "value":
             return options["baseline_value"].detach()
         if spec.kind == "nn":

@@ -41,7 +41,7 @@ def _log_prob(site, program):
     return lp
 
 
-def run_plan(plan, records, baselines=None, with_surrogate=True):
+def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=None):
     """Compute one particle's ELBO and surrogate.
 
     Args:
@@ -49,6 +49,8 @@ def run_plan(plan, records, baselines=None, with_surrogate=True):
         records: {"guide": name -> record, "model": name -> record} for this step.
         baselines: a ``BaselineState`` (or None when the plan has no baselines).
         with_surrogate: False for loss-only evaluation.
+        site_scales: optional {site: factor} multiplying both its model and guide terms this
+            step (KL annealing without recompiling); the costs see the scaled terms.
     """
     unscaled, scaled = {}, {}
     elbo = 0.0
@@ -57,6 +59,8 @@ def run_plan(plan, records, baselines=None, with_surrogate=True):
         lp = _log_prob(site, term.program)
         unscaled[term.key] = lp
         scale = site["scale"]
+        if site_scales and term.site in site_scales:
+            scale = scale * site_scales[term.site]
         if not (scale.__class__ is float and scale == 1.0):
             lp = lp * scale
         scaled[term.key] = lp
@@ -91,6 +95,8 @@ def _score_term(score_plan, records, unscaled, scaled, baselines):
     if not isinstance(cost, torch.Tensor):
         return score.sum() * 0.0
     cost = cost.detach()
+    if cost.dim() > score.dim():  # leading dims of plated terms, summed to size 1
+        cost = cost.reshape(cost.shape[cost.dim() - score.dim():])
     if score_plan.baseline is not None:
         cost = cost - baselines.value(score_plan, cost, records)
     return (score * cost).sum()

@@ -5,7 +5,7 @@ into a dependency graph, compiles a Plan (estimators, Rao-Blackwellized costs, b
 and runs it every training step.
 """
 
-from svigraph import constraints, distributions, handlers, infer, optim, poutine  # noqa: F401
+from svigraph import constraints, distributions, errors, handlers, infer, optim, poutine  # noqa: F401
 from svigraph import ops  # noqa: F401
 from svigraph.compiling import compile
 from svigraph.params import clear_param_store, get_param_store
@@ -13,6 +13,6 @@ from svigraph.primitives import factor, markov, module, param, plate, sample, se
 
 __version__ = "0.1.0"
 
-__all__ = ["clear_param_store", "compile", "constraints", "distributions", "factor",
+__all__ = ["clear_param_store", "compile", "constraints", "distributions", "errors", "factor",
            "get_param_store", "handlers", "infer", "markov", "module", "optim", "param",
            "plate", "poutine", "sample", "set_rng_seed"]

@@ -44,6 +44,7 @@ def _bar(fraction, width=24):
 
 def run(steps=2000, lr=0.005, seed=0, out=sys.stdout):
     """Compile, print the plan and graph, train with progress, print the posterior."""
+    torch.set_num_threads(1)  # scalar-sized tensors: threads only add overhead
     sg.clear_param_store()
     sg.set_rng_seed(seed)
     loss = TraceGraph_ELBO()

@@ -71,6 +71,7 @@ def exact_grads(model, guide, params, *args):
 
 def mean_grads(loss_fn, model, guide, params, num_samples, *args):
     """Mean and standard error of ``-d loss / d leaf`` over single-sample estimates."""
+    guide(*args)  # create the params
     samples = {n: [] for n in params}
     values = []
     for _ in range(num_samples):

@@ -20,6 +20,8 @@ from compiler.baselines import baseline_specs
 from runtime.baselines import BaselineState
 from runtime.executor import check_finite, run_plan
 from runtime.records import args_signature, structure_key
+from compiler.baselines import PARTICLE_PLATE
+from svigraph.primitives import plate
 from svigraph.recording import record
 from svigraph.tracing import trace_graph
 
@@ -62,10 +64,11 @@ class ELBO:
                  tail_adaptive_beta=-1.0):
         if int(num_particles) != num_particles or num_particles < 1:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles}")
-        if vectorize_particles:
-            raise NotImplementedError(
-                "vectorize_particles=True is not supported yet; use num_particles with "
-                "vectorize_particles=False (particles run one after another)")
+        if vectorize_particles and max_plate_nesting == float("inf") and max_iarange_nesting is None:
+            raise ValueError(
+                "vectorize_particles=True needs max_plate_nesting: the particle dim is placed "
+                "left of every plate; e.g. TraceGraph_ELBO(num_particles=8, "
+                "vectorize_particles=True, max_plate_nesting=1)")
         self.num_particles = int(num_particles)
         self.max_plate_nesting = max_plate_nesting if max_iarange_nesting is None \
             else max_iarange_nesting
@@ -80,7 +83,29 @@ class ELBO:
 
     # ---- options shown in the printed plan --------------------------------------------
     def options(self):
-        return (("num_particles", self.num_particles),)
+        opts = (("num_particles", self.num_particles),)
+        if self.vectorize_particles:
+            opts += (("vectorize_particles", True), ("max_plate_nesting", self.max_plate_nesting))
+        return opts
+
+    def _programs(self, model, guide):
+        """The model and guide as run: inside a particle plate when vectorizing."""
+        if not self.vectorize_particles:
+            return model, guide
+        size, dim = self.num_particles, -int(self.max_plate_nesting) - 1
+
+        def in_particle_plate(fn):
+            def run(*args, **kwargs):
+                with plate(PARTICLE_PLATE, size, dim=dim):
+                    return fn(*args, **kwargs)
+            return run
+
+        return in_particle_plate(model), in_particle_plate(guide)
+
+    @property
+    def _runs(self):
+        """Runs of model and guide per estimate: one when particles are vectorized."""
+        return 1 if self.vectorize_particles else self.num_particles
 
     # ---- plans -------------------------------------------------------------------------
     def _cache(self, model, guide):
@@ -93,16 +118,22 @@ class ELBO:
 
     def compile(self, model, guide, *args, **kwargs):
         """Trace once and return the Plan for this model, guide and arguments."""
-        guide_rec, model_rec = record(model, guide, args, kwargs)
+        kwargs.pop("site_scales", None)
+        run_model, run_guide = self._programs(model, guide)
+        guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
         return self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
 
     def _plan_for(self, model, guide, args, kwargs, guide_rec, model_rec):
+        """The cached plan for this run's structure, compiled if new. ``model`` and ``guide``
+        are the user's functions (the cache's keys); tracing runs them as ``_programs``."""
         key = structure_key(guide_rec.sites, model_rec.sites, args_signature(args, kwargs))
         cache = self._cache(model, guide)
         plan = cache.get(key)
         if plan is None:
             why = cache.explain_miss(key)
-            traced = trace_graph(model, guide, args, kwargs, replay_guide=guide_rec.replay_trace())
+            run_model, run_guide = self._programs(model, guide)
+            traced = trace_graph(run_model, run_guide, args, kwargs,
+                                 replay_guide=guide_rec.replay_trace())
             plan = self._compile_graph(traced.graph, key)
             plan = plan.__class__(**{**plan.__dict__, "runner": _PlanRunner(self, model, guide)})
             cache.put(key, plan)
@@ -117,11 +148,13 @@ class ELBO:
                             downstream_only=self.downstream_only, baselines=baseline_specs)
 
     # ---- execution ---------------------------------------------------------------------
-    def _particle(self, model, guide, args, kwargs, with_surrogate=True):
-        guide_rec, model_rec = record(model, guide, args, kwargs)
+    def _particle(self, model, guide, args, kwargs, with_surrogate=True, site_scales=None):
+        run_model, run_guide = self._programs(model, guide)
+        guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
         plan = self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
         records = {"guide": guide_rec.sites, "model": model_rec.sites}
-        parts = run_plan(plan, records, self.baselines, with_surrogate=with_surrogate)
+        parts = run_plan(plan, records, self.baselines, with_surrogate=with_surrogate,
+                         site_scales=site_scales)
         check_finite(plan, parts, self.step_count)
         self.last_params.update(guide_rec.params)
         self.last_params.update(model_rec.params)
@@ -129,21 +162,27 @@ class ELBO:
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
         """A tensor whose value is the −ELBO estimate and whose gradient is an unbiased
-        estimate of −∇ELBO (the surrogate rides along at zero value)."""
+        estimate of −∇ELBO (the surrogate rides along at zero value).
+
+        ``site_scales={"z": 0.2}`` (a reserved keyword, not passed to the model) multiplies
+        site z's model and guide terms for this call only: KL annealing without recompiling.
+        """
+        site_scales = kwargs.pop("site_scales", None)
         self.last_params = {}
         total = 0.0
-        for _ in range(self.num_particles):
-            parts = self._particle(model, guide, args, kwargs)
+        for _ in range(self._runs):
+            parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
             total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
         self.step_count += 1
         return total / self.num_particles
 
     def loss(self, model, guide, *args, **kwargs):
         """The −ELBO estimate, a float (no gradients are computed)."""
+        site_scales = kwargs.pop("site_scales", None)
         with torch.no_grad():
             total = 0.0
-            for _ in range(self.num_particles):
-                total -= float(self._particle(model, guide, args, kwargs, False).elbo)
+            for _ in range(self._runs):
+                total -= float(self._particle(model, guide, args, kwargs, False, site_scales).elbo)
         return total / self.num_particles
 
     def loss_and_grads(self, model, guide, *args, **kwargs):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import random
+
 import torch
 
 from compiler.errors import NonFiniteLossError
+from svigraph.params import get_param_store
 from svigraph.handlers import trace
 from svigraph.infer.elbo import ELBO
 
@@ -54,3 +58,44 @@ class SVI:
             if isinstance(self.loss, ELBO):
                 return self.loss.loss(self.model, self.guide, *args, **kwargs)
             return float(self.loss(self.model, self.guide, *args, **kwargs))
+
+    # ---- checkpoints: params, optimizer state, baseline state and RNG, resumed bit-exactly
+    def get_state(self):
+        """Everything a resumed run needs, as tensors and plain data."""
+        state = {"params": get_param_store().get_state(),
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        if hasattr(self.optim, "get_state"):
+            state["optim"] = self.optim.get_state()
+        if isinstance(self.loss, ELBO):
+            state["baselines"] = self.loss.baselines.get_state()
+        return state
+
+    def set_state(self, state):
+        get_param_store().set_state(state["params"])
+        if "optim" in state:
+            self.optim.set_state(state["optim"])
+        if "baselines" in state:
+            self.loss.baselines.set_state(state["baselines"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(_as_random_state(state["rng"]["python"]))
+
+    def save(self, path):
+        """Write a checkpoint (``torch.save`` of ``get_state()``)."""
+        torch.save(self.get_state(), path)
+
+    def load(self, path, map_location=None):
+        """Resume from ``save``'s file; refuses files holding arbitrary pickled objects."""
+        with open(path, "rb") as f:
+            data = f.read()
+        try:
+            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        except Exception as err:
+            raise ValueError(f"refusing to load checkpoint {path}: it holds objects other "
+                             "than tensors and plain data") from err
+        self.set_state(state)
+
+
+def _as_random_state(state):
+    # torch.load gives lists back where random.getstate() had tuples.
+    version, internal, gauss = state
+    return (version, tuple(internal), gauss)
