@@ -85,5 +85,22 @@ class NonFiniteLossError(SvigraphError, FloatingPointError):
     """A loss term is NaN or infinite; the step that produced it updated no parameter."""
 
 
+class DuplicateSiteError(SvigraphError, ValueError):
+    """Two sample sites of one run have the same name; names identify sites across runs."""
+
+
+def duplicate_site(name):
+    return DuplicateSiteError(
+        f"site {name!r} appears twice in one run; site names must be unique",
+        [f"the second sample({name!r}, ...) repeats the first"],
+        f'give each its own name; in a loop, e.g. sg.sample(f"{name}_{{i}}", ...)', site=name)
+
+
 class ParamError(SvigraphError, ValueError):
     """A parameter is used in a way its store cannot honour (no init, constraint clash)."""
+
+
+# The public home of these classes is svigraph.errors: print them under that name.
+for _cls in list(globals().values()):
+    if isinstance(_cls, type) and issubclass(_cls, SvigraphError):
+        _cls.__module__ = "svigraph.errors"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import types
 
 from compiler.cache import key_hash
@@ -37,7 +38,6 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
         ScorePlan(site, program, *plan_reductions(graph, site, program, costs[site]),
                   baseline=specs.get(site))
         for site, program in scores)
-    objective, surrogate = build_objective(graph, terms, scores, costs, baselines=specs)
     sites = {
         name: SitePlan(name, est, plates=graph.nodes[name]["plates"],
                        cost=costs.get(name, ()), baseline=specs.get(name),
@@ -47,5 +47,7 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
     return Plan(graph=graph, loss_name=loss_name, options=tuple(options),
                 plates=types.MappingProxyType(dict(graph.graph["plates"])),
                 sites=types.MappingProxyType(sites), params=tuple(param_sites(graph)),
-                terms=tuple(TermPlan(t, t[1], t[0]) for t in terms), scores=score_plans, objective=objective, surrogate=surrogate,
+                terms=tuple(TermPlan(t, t[1], t[0]) for t in terms), scores=score_plans,
+                symbolic=functools.partial(build_objective, graph, terms, scores, costs,
+                                           baselines=specs),
                 key=key, key_hash=key_hash(key))

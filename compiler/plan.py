@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Mapping, Optional
 
 CostTerm = tuple  # ("model" | "guide", site name)
@@ -83,11 +84,31 @@ class Plan:
     params: tuple
     terms: tuple
     scores: tuple
-    objective: Any
-    surrogate: Any
     key: Any
     key_hash: str
+    symbolic: Any = field(default=None, compare=False, repr=False)  # () -> (objective, surrogate)
     runner: Any = field(default=None, compare=False, repr=False)
+
+    # ---- symbolic forms: built on first use (sympy is slow on plans of thousands of sites)
+    @cached_property
+    def _symbolic_pair(self):
+        return self.symbolic()
+
+    @property
+    def objective(self):
+        """The ELBO as a sympy expression: one symbol per term, plate sums as ``Sum``."""
+        return self._symbolic_pair[0]
+
+    @property
+    def surrogate(self):
+        """The surrogate objective (sympy), with ``stop(.)`` for stop-gradient."""
+        return self._symbolic_pair[1]
+
+    def latex(self):
+        """LaTeX of the objective and the surrogate."""
+        import sympy
+        return (f"\\mathcal{{L}} = {sympy.latex(self.objective)}\n"
+                f"\\tilde{{\\mathcal{{L}}}} = {sympy.latex(self.surrogate)}")
 
     # ---- execution: delegated to the objective that compiled the plan -------------------
     def _require_runner(self):

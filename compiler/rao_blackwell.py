@@ -30,7 +30,9 @@ def cost_sets(graph, terms, scores, *, downstream_only):
         index, reach = downstream_bits(graph)
     out = {}
     for site, _ in scores:
-        keep = [t for t in terms if not _independent_iteration(graph, site, t[1])]
+        keep = terms
+        if graph.nodes[site]["sequential"]:
+            keep = [t for t in terms if not _independent_iteration(graph, site, t[1])]
         if downstream_only:
             keep = [t for t in keep if reach[site] >> index[t[1]] & 1]
         out[site] = tuple(keep)

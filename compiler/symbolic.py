@@ -55,17 +55,17 @@ def term_expr(graph, term, keep=()):
 
 def build_objective(graph, terms, scores, costs, baselines=()):
     """(objective, surrogate) sympy expressions of a plan; ``baselines``: sites that have one."""
-    elbo = sum((term_expr(graph, t) * (1 if t[0] == "model" else -1) for t in terms),
-               sp.Integer(0))
-    surrogate = elbo
+    # n-ary Add: summing pairwise re-canonicalizes ever longer sums (quadratic or worse)
+    elbo = sp.Add(*(term_expr(graph, t) * (1 if t[0] == "model" else -1) for t in terms))
+    pieces = [elbo]
     for site, program in scores:
         own = term_plates(graph, (program, site))
-        cost = sum((term_expr(graph, t, keep=own) * (1 if t[0] == "model" else -1)
-                    for t in costs[site]), sp.Integer(0))
+        cost = [term_expr(graph, t, keep=own) * (1 if t[0] == "model" else -1)
+                for t in costs[site]]
         if site in baselines:
-            cost -= sp.Symbol(f"baseline:{site}")
-        surrogate += _sum_over(graph, _symbol(graph, (program, site)) * stop(cost), own)
-    return elbo, surrogate
+            cost.append(-sp.Symbol(f"baseline:{site}"))
+        pieces.append(_sum_over(graph, _symbol(graph, (program, site)) * stop(sp.Add(*cost)), own))
+    return elbo, sp.Add(*pieces)
 
 
 # ---- compact ASCII: "sum[data](model:obs)" ----------------------------------------------

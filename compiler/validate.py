@@ -14,6 +14,7 @@ def validate_sites(graph, *, can_enumerate=False):
     """
     names = sample_sites(graph)
     model_sites = [n for n in names if graph.nodes[n]["model_fn"] is not None]
+    model_latents = [n for n in model_sites if graph.nodes[n]["type"] == "sample"]
     guide_sites = [n for n in names if graph.nodes[n]["guide_fn"] is not None]
     for name in guide_sites:
         attrs = graph.nodes[name]
@@ -21,8 +22,9 @@ def validate_sites(graph, *, can_enumerate=False):
             raise ModelGuideMismatchError(
                 f"guide site {name!r} has no model site of that name",
                 [f"guide sites: {', '.join(guide_sites)}",
-                 f"model sites: {', '.join(model_sites) or '(none)'}", _where(attrs, "guide")],
-                f"rename it to a model site{close_matches(name, model_sites)}, or mark it\n"
+                 f"model latent sites: {', '.join(model_latents) or '(none)'}",
+                 _where(attrs, "guide")],
+                f"rename it to a model site{close_matches(name, model_latents)}, or mark it\n"
                 'infer={"is_auxiliary": True} if it is an auxiliary variable',
                 site=name)
     for name in model_sites:
@@ -35,8 +37,8 @@ def validate_sites(graph, *, can_enumerate=False):
                     f"model site {name!r} is marked for enumeration, which this objective "
                     "does not do",
                     [f"infer={{'enumerate': {attrs['enumerate']!r}}}", _where(attrs, "model")],
-                    "use an enumerating objective (TraceEnum_ELBO), or sample the site in "
-                    "the guide",
+                    "sample the site in the guide (enumeration, TraceEnum_ELBO, is not "
+                    "implemented yet)",
                     site=name)
             continue
         if infer_option(attrs, "sample_from_prior", False):

@@ -14,7 +14,17 @@ import torch
 class BaselineState:
     def __init__(self):
         self.averages = {}
+        self.pending = {}    # this step's new averages, kept only if the step is accepted
         self.nn_loss = None  # summed squared errors of neural baselines this step
+
+    def commit(self):
+        """Keep this step's updates (called once the loss is known to be finite)."""
+        self.averages.update(self.pending)
+        self.pending.clear()
+
+    def discard(self):
+        self.pending.clear()
+        self.nn_loss = None
 
     def get_state(self):
         return {k: v.clone() for k, v in self.averages.items()}
@@ -26,10 +36,11 @@ class BaselineState:
         spec = score_plan.baseline
         options = records[score_plan.program][score_plan.site]["infer"]["baseline"]
         if spec.kind == "decaying_avg":
-            old = self.averages.get(score_plan.site)
+            site = score_plan.site
+            old = self.pending.get(site, self.averages.get(site))  # particles chain updates
             if old is None or old.shape != cost.shape:
                 old = torch.zeros_like(cost)
-            self.averages[score_plan.site] = spec.beta * old + (1.0 - spec.beta) * cost
+            self.pending[site] = spec.beta * old + (1.0 - spec.beta) * cost
             return old
         if spec.kind == "loo":
             # particle i's baseline: the mean cost of the other particles, independent of it

@@ -105,12 +105,20 @@ def _score_term(score_plan, records, unscaled, scaled, baselines):
 def check_finite(plan, parts, step=None):
     """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
     if bool(torch.isfinite(parts.elbo)):
-        return
+        if bool(torch.isfinite(parts.surrogate)):
+            return
+        raise NonFiniteLossError(
+            "the surrogate (score-function terms) is not finite although the ELBO is"
+            + (f" at step {step}" if step is not None else ""),
+            ["a score log q(z) or a baseline is nan/inf; parameters were not updated"],
+            "check neural baselines' outputs and guide parameters at the edge of their "
+            "support (probabilities of exactly 0 or 1)")
     for key, tensor in parts.terms.items():
         bad = ~torch.isfinite(tensor)
         if bool(bad.any()):
             site = plan.sites[key[1]]
-            plates = ", ".join(plan.graph.nodes[key[1]]["plates"]) or "none"
+            plate_names = plan.graph.nodes[key[1]]["plates"]
+            plates = ", ".join(plate_names) or "none"
             raise NonFiniteLossError(
                 f"loss term ('{key[0]}', '{key[1]}') is {_kind(tensor[bad])}"
                 + (f" at step {step}" if step is not None else ""),
@@ -120,7 +128,8 @@ def check_finite(plan, parts, step=None):
                 "look for a parameter that overflowed (lower the learning rate, or clip\n"
                 'gradients: sg.optim.Adam({"lr": 1e-3}, clip_args={"clip_norm": 10.0})),\n'
                 "or data outside the support of the distribution that scores it",
-                site=key[1])
+                site=key[1], plate=plate_names[-1] if plate_names else None,
+                shapes={"term": tuple(tensor.shape)})
     raise NonFiniteLossError(f"the ELBO is {_kind(parts.elbo)} although every term is finite "
                              "(terms of opposite infinite sign?)", fix="inspect the plan's terms")
 

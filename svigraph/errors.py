@@ -1,6 +1,6 @@
 """The errors svigraph raises (defined in ``compiler.errors``, re-exported for users)."""
 
-from compiler.errors import (EnumerationError, ModelGuideMismatchError, NonFiniteLossError,  # noqa: F401
+from compiler.errors import (DuplicateSiteError, EnumerationError, ModelGuideMismatchError, NonFiniteLossError,  # noqa: F401
                              ParamError, PlateError, ShapeMismatchError, SupportError,
                              SvigraphError, TracingError)
 from compiler.baselines import BaselineError  # noqa: F401

@@ -63,6 +63,7 @@ class _Factor(torch.distributions.Distribution):
 
     arg_constraints = {}
     has_rsample = False
+    support = torch.distributions.constraints.real
 
     def __init__(self, log_factor):
         self.log_factor = log_factor

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from compiler.errors import duplicate_site
 from svigraph.effects import Messenger
 
 
@@ -41,8 +42,7 @@ class Recorder(Messenger):
         if kind == "sample":
             name = msg["name"]
             if name in self.sites:
-                raise ValueError(f"site {name!r} appears twice in one run; site names must be "
-                                 f"unique (in a loop, use f\"{name}_{{i}}\")")
+                raise duplicate_site(name)
             self.sites[name] = msg
         elif kind == "param":
             self.params[msg["name"]] = msg["value"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from compiler.errors import SupportError
+from compiler.errors import SupportError, duplicate_site
 
 
 def scale_and_mask(log_prob, scale=1.0, mask=None):
@@ -52,9 +52,7 @@ class Trace(dict):
     def add_site(self, msg):
         name = msg["name"]
         if name in self and msg["type"] != "param":
-            raise ValueError(
-                f"site {name!r} appears twice in one run; site names must be unique "
-                f"(in a loop, use f\"{name}_{{i}}\")")
+            raise duplicate_site(name)
         self[name] = msg
 
     def sample_sites(self):

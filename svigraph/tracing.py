@@ -22,7 +22,7 @@ from compiler.errors import ModelGuideMismatchError, ShapeMismatchError, Support
 from svigraph.effects import Messenger
 from svigraph.handlers import replay, trace
 from svigraph.ops.provenance import (detach_provenance, get_provenance, on_python_read,
-                                     track_provenance)
+                                     restore_plain_tensors, track_provenance)
 from svigraph.params import get_param_store
 from svigraph.primitives import _Factor
 from svigraph.trace_struct import site_log_prob
@@ -96,9 +96,12 @@ class _ProvenanceTracer(Messenger):
             msg["value"] = _tag(msg["value"], name)
         elif kind == "sample":
             value = detach_provenance(msg["value"])
+            if msg["is_observed"] and not isinstance(msg["fn"], _Factor):
+                check_observed(name, msg["fn"], value)  # before log_prob, for a clear error
             probe = dict(msg, value=value)
             self.deps[name] = (get_provenance(site_log_prob(probe))
                                | (get_provenance(msg["value"]) if msg["is_observed"] else frozenset())
+                               | get_provenance(msg["mask"]) | get_provenance(msg["scale"])
                                ) - {name}
             self.order.append(name)
             self.sources[name] = user_source()
@@ -125,10 +128,17 @@ def trace_graph(model, guide, args, kwargs, replay_guide=None):
     guide_tracer, model_tracer = _ProvenanceTracer("guide"), _ProvenanceTracer("model")
     guide_fn = replay(guide, trace=replay_guide) if replay_guide is not None else guide
     # The tracer sits outside the trace handler: it must tag values before trace copies them.
-    with on_python_read(guide_tracer.listen), guide_tracer:
-        guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
-    with on_python_read(model_tracer.listen), model_tracer:
-        model_trace = trace(replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    try:
+        with on_python_read(guide_tracer.listen), guide_tracer:
+            guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
+    except BaseException:
+        restore_plain_tensors()
+        raise
+    try:
+        with on_python_read(model_tracer.listen), model_tracer:
+            model_trace = trace(replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    finally:
+        restore_plain_tensors()
     check_sites(guide_trace, model_trace)
     graph = build_graph(guide_trace, model_trace, guide_tracer, model_tracer)
     return TracedProgram(nx.freeze(graph), guide_trace, model_trace)
@@ -152,9 +162,26 @@ def check_sites(guide_trace, model_trace):
         model_site = model_trace.get(name)
         if model_site is not None and model_site["type"] == "sample":
             _check_pair(name, site, model_site)
-    for name, site in model_trace.items():
-        if site["type"] == "sample" and site["is_observed"] and not isinstance(site["fn"], _Factor):
-            _check_support(name, site["fn"], site["value"], "observed value")
+
+
+def check_observed(name, fn, value):
+    """Observed data must have the site's shape (up to broadcasting) and lie in its support."""
+    expected = tuple(fn.batch_shape + fn.event_shape)
+    try:
+        torch.broadcast_shapes(tuple(value.shape), expected)
+        ok = len(value.shape) >= len(fn.event_shape) and \
+            tuple(value.shape[len(value.shape) - len(fn.event_shape):]) == tuple(fn.event_shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ShapeMismatchError(
+            f"site {name!r}: observed data of shape {tuple(value.shape)} does not fit "
+            f"{type(fn).__name__} of batch {tuple(fn.batch_shape)} event {tuple(fn.event_shape)}",
+            [f"expected {expected} (or a shape broadcastable to it)"],
+            "pass data of the site's shape; if its last dims are one observation, declare them "
+            "with .to_event(n); if they are independent, put the site in a sg.plate",
+            site=name, shapes={"data": tuple(value.shape), "expected": expected})
+    _check_support(name, fn, value, "observed value")
 
 
 def _plates_text(site):
@@ -167,8 +194,11 @@ def _check_pair(name, guide_site, model_site):
     value = detach_provenance(guide_site["value"])
     expected = tuple(mfn.batch_shape + mfn.event_shape)
     if len(gfn.event_shape) != len(mfn.event_shape) or tuple(value.shape) != expected:
-        fix = ("declare the guide site inside the same plates as the model's, or give it the "
-               "model's shape")
+        model_plates = [f for f in reversed(model_site["cond_indep_stack"]) if f.dim is not None]
+        fix = ("declare the guide site inside the same plates as the model's"
+               + (", e.g.\n" + " ".join(f"with sg.plate({f.name!r}, {f.size}):"
+                                         for f in model_plates) if model_plates else "")
+               + "\nor give it the model's shape " + str(expected))
         if len(gfn.event_shape) != len(mfn.event_shape):
             fix = (f"make the event dims agree: model event {tuple(mfn.event_shape)}, guide "
                    f"event {tuple(gfn.event_shape)}; use .to_event(n) on the side that lacks it")
@@ -178,7 +208,7 @@ def _check_pair(name, guide_site, model_site):
              f"{tuple(mfn.event_shape)}  plates {_plates_text(model_site)}",
              f"guide: {type(gfn).__name__:10} batch {tuple(gfn.batch_shape)} event "
              f"{tuple(gfn.event_shape)}  plates {_plates_text(guide_site)}  value {tuple(value.shape)}"],
-            fix, site=name,
+            fix, site=name, plate=model_plates[-1].name if model_plates else None,
             shapes={"model": expected, "guide": tuple(value.shape)})
     if gfn.support.is_discrete != mfn.support.is_discrete or _unbounded_for_bounded(gfn, mfn):
         raise SupportError(
@@ -193,6 +223,8 @@ def _check_pair(name, guide_site, model_site):
 
 
 def _unbounded_for_bounded(gfn, mfn):
+    if type(gfn).__name__ == "Delta":  # a point mass (MAP): its value is checked instead
+        return False
     g, m = gfn.support, mfn.support
     if isinstance(g, constraints._Dependent) or isinstance(m, constraints._Dependent):
         return False

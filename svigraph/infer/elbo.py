@@ -9,6 +9,7 @@ estimated with a plan compiled for a different structure.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import weakref
@@ -17,16 +18,31 @@ import torch
 
 from compiler import PlanCache, compile_plan
 from compiler.baselines import baseline_specs
+from compiler.errors import NonFiniteLossError
 from runtime.baselines import BaselineState
 from runtime.executor import check_finite, run_plan
 from runtime.records import args_signature, structure_key
 from compiler.baselines import PARTICLE_PLATE
+from svigraph.params import get_param_store
 from svigraph.primitives import plate
 from svigraph.recording import record
 from svigraph.tracing import trace_graph
 
 log = logging.getLogger("svigraph.compiler")
 _DEBUG = int(os.environ.get("SVIGRAPH_DEBUG", "0") or 0)
+
+
+def raise_if_params_not_finite(err):
+    """A nan/inf param makes torch refuse to build a distribution: say which param."""
+    bad = [name for name, value in get_param_store().items()
+           if not bool(torch.isfinite(value.detach()).all())]
+    if bad:
+        raise NonFiniteLossError(
+            f"param {bad[0]!r} is not finite, so a distribution built from it was refused",
+            [f"non-finite params: {', '.join(bad)}", f"torch said: {str(err).splitlines()[0]}"],
+            "an earlier step diverged: lower the learning rate or clip gradients, e.g.\n"
+            'sg.optim.Adam({"lr": 1e-3}, clip_args={"clip_norm": 10.0}), and restart from a '
+            "checkpoint", site=bad[0]) from err
 
 
 class _PlanRunner:
@@ -135,7 +151,7 @@ class ELBO:
             traced = trace_graph(run_model, run_guide, args, kwargs,
                                  replay_guide=guide_rec.replay_trace())
             plan = self._compile_graph(traced.graph, key)
-            plan = plan.__class__(**{**plan.__dict__, "runner": _PlanRunner(self, model, guide)})
+            plan = dataclasses.replace(plan, runner=_PlanRunner(self, model, guide))
             cache.put(key, plan)
             log.info("compiled plan %s (%s)", plan.key_hash, why)
             if _DEBUG:
@@ -150,12 +166,24 @@ class ELBO:
     # ---- execution ---------------------------------------------------------------------
     def _particle(self, model, guide, args, kwargs, with_surrogate=True, site_scales=None):
         run_model, run_guide = self._programs(model, guide)
-        guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
+        try:
+            guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
+        except ValueError as err:
+            raise_if_params_not_finite(err)
+            raise
         plan = self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
         records = {"guide": guide_rec.sites, "model": model_rec.sites}
         parts = run_plan(plan, records, self.baselines, with_surrogate=with_surrogate,
                          site_scales=site_scales)
-        check_finite(plan, parts, self.step_count)
+        try:
+            check_finite(plan, parts, self.step_count)
+        except NonFiniteLossError:
+            self.baselines.discard()  # a rejected step leaves no trace in the state
+            raise
+        if with_surrogate:
+            self.baselines.commit()
+        else:
+            self.baselines.discard()
         self.last_params.update(guide_rec.params)
         self.last_params.update(model_rec.params)
         return parts

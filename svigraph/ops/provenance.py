@@ -19,13 +19,16 @@ import torch
 __all__ = ["ProvenanceTensor", "track_provenance", "get_provenance", "detach_provenance",
            "on_python_read"]
 
-# Tensor methods that move a value out of torch into Python.
+# Functions that move a value out of torch into Python.
 _PYTHON_READS = frozenset([
     torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__,
     torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__complex__,
+    torch.Tensor.__array__, torch.Tensor.__contains__, torch.Tensor.equal, torch.equal,
+    torch.Tensor.allclose, torch.allclose, torch.is_nonzero, torch.Tensor.is_nonzero,
 ])
 
 _READ_LISTENERS = []
+_RECLASSED = []  # plain tensors turned into ProvenanceTensors by an in-place write
 
 
 class on_python_read:
@@ -61,13 +64,55 @@ class ProvenanceTensor(torch.Tensor):
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         provenance = set()
+        kwargs = kwargs or {}
+        written = _written_in_place(func, args, kwargs)
         args = _unwrap(args, provenance)
-        kwargs = _unwrap(kwargs or {}, provenance)
+        kwargs = _unwrap(kwargs, provenance)
         if provenance and func in _PYTHON_READS:
             for listener in list(_READ_LISTENERS):
                 listener(frozenset(provenance), func)
         result = func(*args, **kwargs)
-        return _wrap(result, frozenset(provenance)) if provenance else result
+        if not provenance:
+            return result
+        provenance = frozenset(provenance)
+        for target in written:
+            _taint(target, provenance)
+        return _wrap(result, provenance)
+
+
+def _written_in_place(func, args, kwargs):
+    """The tensors ``func`` writes into: ``x.add_(..)``, ``x[i] = ..``, ``out=x``."""
+    name = getattr(func, "__name__", "")
+    targets = []
+    if args and (name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
+                 or name.startswith("__i")):
+        targets.append(args[0])
+    out = kwargs.get("out")
+    targets += list(out) if isinstance(out, (tuple, list)) else [out]
+    return [t for t in targets if isinstance(t, torch.Tensor)]
+
+
+def _taint(tensor, provenance):
+    """Add ``provenance`` to a tensor written in place."""
+    if isinstance(tensor, ProvenanceTensor):
+        tensor._provenance = tensor._provenance | provenance
+    elif type(tensor) is torch.Tensor:
+        # A plain tensor (loc = torch.zeros(2); loc[0] = a): give it provenance in place,
+        # undone by restore_plain_tensors() when tracing ends.
+        alias = tensor.as_subclass(torch.Tensor)
+        tensor.__class__ = ProvenanceTensor
+        tensor._t = alias
+        tensor._provenance = provenance
+        _RECLASSED.append(tensor)
+
+
+def restore_plain_tensors():
+    """Turn tensors tagged by in-place writes back into plain tensors."""
+    while _RECLASSED:
+        tensor = _RECLASSED.pop()
+        if type(tensor) is ProvenanceTensor:
+            del tensor._t, tensor._provenance
+            tensor.__class__ = torch.Tensor
 
 
 def _unwrap(obj, provenance):

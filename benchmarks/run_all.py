@@ -1,0 +1,60 @@
+"""Run every benchmark module's ``main(quick)`` and write ``benchmarks/results.md``.
+
+A benchmark module is any ``benchmarks/*.py`` (other than ``common`` and ``run_all``) that
+defines ``main(quick=False, out=sys.stdout)`` returning its markdown section.
+
+Run: python benchmarks/run_all.py [--quick] [--output PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import pkgutil
+import sys
+import time
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_ROOT = os.path.dirname(_HERE)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from benchmarks.common import machine_info, pyro_version  # noqa: E402
+
+_SKIP = {"common", "run_all", "__init__"}
+
+
+def benchmark_modules():
+    """The benchmark modules, imported, in name order."""
+    names = sorted(m.name for m in pkgutil.iter_modules([_HERE]) if m.name not in _SKIP)
+    modules = [importlib.import_module(f"benchmarks.{name}") for name in names]
+    return [m for m in modules if callable(getattr(m, "main", None))]
+
+
+def main(quick=False, output=os.path.join(_HERE, "results.md")):
+    start = time.perf_counter()
+    sections = []
+    for module in benchmark_modules():
+        print(f"== {module.__name__} ==", flush=True)
+        sections.append(module.main(quick=quick))
+    seconds = time.perf_counter() - start
+    header = ["# svigraph benchmark results", "",
+              f"- machine: {machine_info()}",
+              f"- pyro: {pyro_version() or 'not installed (Pyro columns skipped)'}",
+              f"- run: `python benchmarks/run_all.py{' --quick' if quick else ''}` "
+              f"({seconds:.0f} s)",
+              "- ms/step: median over the repeats of (block time / steps in block); IQR: "
+              "interquartile range of the same; ratio: median / hand-written torch's median",
+              ""]
+    with open(output, "w") as f:
+        f.write("\n".join(header) + "\n" + "\n".join(sections))
+    print(f"wrote {output} ({seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="run all benchmarks, write results.md")
+    parser.add_argument("--quick", action="store_true", help="short runs")
+    parser.add_argument("--output", default=os.path.join(_HERE, "results.md"))
+    args = parser.parse_args()
+    main(args.quick, args.output)

@@ -1,0 +1,1 @@
+"""Distributions for tests and tutorials."""
