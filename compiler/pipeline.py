@@ -8,7 +8,7 @@ import types
 from compiler.cache import key_hash
 from compiler.estimators import assign_estimators, elbo_terms, score_sites
 from compiler.plan import Plan, ScorePlan, SitePlan, TermPlan
-from compiler.rao_blackwell import cost_sets, plan_reductions
+from compiler.rao_blackwell import cost_sets, plan_reductions, term_layout
 from compiler.schema import check_graph, param_sites
 from compiler.symbolic import build_objective
 from compiler.validate import validate_sites
@@ -34,10 +34,12 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
     scores = score_sites(graph, estimators)
     costs = cost_sets(graph, terms, scores, downstream_only=downstream_only)
     specs = baselines(graph, scores) if baselines else {}
-    score_plans = tuple(
-        ScorePlan(site, program, *plan_reductions(graph, site, program, costs[site]),
-                  baseline=specs.get(site))
-        for site, program in scores)
+    layout = term_layout(graph, terms)
+    score_plans = []
+    for site, program in scores:
+        score_dims, sliced, whole = plan_reductions(graph, site, program, costs[site], layout)
+        score_plans.append(ScorePlan(site, program, score_dims, sliced,
+                                     baseline=specs.get(site), whole_terms=whole))
     sites = {
         name: SitePlan(name, est, plates=graph.nodes[name]["plates"],
                        cost=costs.get(name, ()), baseline=specs.get(name),
@@ -47,7 +49,7 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
     return Plan(graph=graph, loss_name=loss_name, options=tuple(options),
                 plates=types.MappingProxyType(dict(graph.graph["plates"])),
                 sites=types.MappingProxyType(sites), params=tuple(param_sites(graph)),
-                terms=tuple(TermPlan(t, t[1], t[0]) for t in terms), scores=score_plans,
+                terms=tuple(TermPlan(t, t[1], t[0]) for t in terms), scores=tuple(score_plans),
                 symbolic=functools.partial(build_objective, graph, terms, scores, costs,
                                            baselines=specs),
                 key=key, key_hash=key_hash(key))

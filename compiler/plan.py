@@ -56,8 +56,10 @@ class ScorePlan:
     """How to assemble one score-function surrogate term each step.
 
     ``score_dims``: dims of the site's log-prob to sum (keepdim) before the product, those not
-    in its plates. ``costs``: (term, dims to sum keepdim) pairs; dims kept are the plates the
-    term shares with the site, so slice n of a plate sees only slice n of its costs.
+    in its plates. ``costs``: (term, dims to sum keepdim) pairs for terms sharing a plate with
+    the site, so slice n of a plate sees only slice n of its costs. ``whole_terms``: indices
+    into ``Plan.terms`` of the cost terms summed whole (no shared plate); the runtime gets
+    all of those sums at once as one matrix-vector product.
     """
 
     site: str
@@ -65,6 +67,7 @@ class ScorePlan:
     score_dims: tuple
     costs: tuple
     baseline: Optional[BaselineSpec] = None
+    whole_terms: tuple = ()
 
 
 @dataclass(frozen=True, eq=False)

@@ -108,7 +108,7 @@ def format_plan(plan, source=False):
         pieces = []
         for score in plan.scores:
             own = term_plates(graph, (score.program, score.site))
-            cost = format_sum(graph, [t for t, _ in score.costs], keep=own)
+            cost = format_sum(graph, plan.sites[score.site].cost, keep=own)
             base = f" - baseline:{score.site}" if score.baseline else ""
             piece = f"{score.program}:{score.site} * stop({cost}{base})"
             for plate in reversed(own):

@@ -67,23 +67,38 @@ def _independent_iteration(graph, site, other):
     return False
 
 
-def plan_reductions(graph, site, program, costs):
-    """Dims to sum, per cost term and for the site's own score, so slices line up.
+def term_layout(graph, terms):
+    """term -> (index in ``terms``, plates it lives in, rank of its log-prob): read once."""
+    layout = {}
+    for i, term in enumerate(terms):
+        attrs = graph.nodes[term[1]]
+        plates = attrs["guide_plates"] if term[0] == "guide" else attrs["plates"]
+        layout[term] = (i, frozenset(plates), len(attrs["batch_shape"]))
+    return layout
+
+
+def plan_reductions(graph, site, program, costs, layout):
+    """Split a site's costs by how they meet its score, so slices line up.
 
     Returns:
-        (score_dims, ((term, dims), ...)): dims are negative and summed with keepdim, so the
-        kept dims are exactly the plates shared by the site and the term.
+        (score_dims, sliced, whole): ``score_dims`` are the dims of the site's log-prob
+        outside its plates (summed, keepdim); ``sliced`` holds (term, dims) for terms sharing
+        a plate with the site, dims being the term's other dims (summed, keepdim); ``whole``
+        holds the ``terms`` indices of the rest, which are summed entirely.
     """
     plates = graph.graph["plates"]
     attrs = graph.nodes[site]
     own_plates = attrs["guide_plates"] if program == "guide" else attrs["plates"]
-    own_dims = {plates[p]["dim"]: p for p in own_plates}
+    own = frozenset(own_plates)
+    own_dims = {plates[p]["dim"] for p in own_plates}
     score_dims = tuple(d for d in range(-len(attrs["batch_shape"]), 0) if d not in own_dims)
-    out = []
+    sliced, whole = [], []
     for term in costs:
-        t = graph.nodes[term[1]]
-        t_plates = t["guide_plates"] if term[0] == "guide" else t["plates"]
-        shared = {plates[p]["dim"] for p in t_plates if p in own_plates}
-        dims = tuple(d for d in range(-len(t["batch_shape"]), 0) if d not in shared)
-        out.append((term, dims))
-    return score_dims, tuple(out)
+        index, term_plates, ndim = layout[term]
+        shared = term_plates & own
+        if not shared:
+            whole.append(index)
+            continue
+        kept = {plates[p]["dim"] for p in shared}
+        sliced.append((term, tuple(d for d in range(-ndim, 0) if d not in kept)))
+    return score_dims, tuple(sliced), tuple(whole)

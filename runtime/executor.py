@@ -6,6 +6,7 @@ the compiler; this loop reads records and does tensor arithmetic, nothing else.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -52,8 +53,7 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         site_scales: optional {site: factor} multiplying both its model and guide terms this
             step (KL annealing without recompiling); the costs see the scaled terms.
     """
-    unscaled, scaled = {}, {}
-    elbo = 0.0
+    unscaled, scaled, sums = {}, {}, []
     for term in plan.terms:
         site = records[term.program][term.site]
         lp = _log_prob(site, term.program)
@@ -64,13 +64,15 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         if not (scale.__class__ is float and scale == 1.0):
             lp = lp * scale
         scaled[term.key] = lp
-        elbo = elbo + lp.sum() if term.program == "model" else elbo - lp.sum()
-    if not isinstance(elbo, torch.Tensor):
-        elbo = torch.tensor(float(elbo))
+        sums.append(lp.sum() if term.program == "model" else -lp.sum())
+    totals = torch.stack(sums) if sums else torch.zeros(0)
+    elbo = totals.sum()
     surrogate = elbo.new_zeros(())
-    if with_surrogate:
-        for score_plan in plan.scores:
-            surrogate = surrogate + _score_term(score_plan, records, unscaled, scaled, baselines)
+    if with_surrogate and plan.scores:
+        whole = _whole_term_weights(plan, totals) @ totals.detach()
+        for i, score_plan in enumerate(plan.scores):
+            surrogate = surrogate + _score_term(score_plan, records, unscaled, scaled, baselines,
+                                                whole[i])
         if baselines is not None and baselines.nn_loss is not None:
             # The loss is -(elbo + surrogate): subtracting the baselines' squared error here
             # makes the optimizer minimize it, at zero value.
@@ -79,21 +81,33 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     return LossParts(elbo, surrogate, scaled)
 
 
-def _score_term(score_plan, records, unscaled, scaled, baselines):
+_WEIGHTS = weakref.WeakKeyDictionary()  # plan -> (scores x terms) 0/1 matrix
+
+
+def _whole_term_weights(plan, totals):
+    weights = _WEIGHTS.get(plan)
+    if weights is None or weights.dtype != totals.dtype or weights.device != totals.device:
+        weights = torch.zeros(len(plan.scores), len(plan.terms), dtype=totals.dtype,
+                              device=totals.device)
+        for i, score_plan in enumerate(plan.scores):
+            weights[i, list(score_plan.whole_terms)] = 1.0
+        _WEIGHTS[plan] = weights
+    return weights
+
+
+def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
     key = (score_plan.program, score_plan.site)
     score = unscaled.get(key)
     if score is None:  # a prior-sampled model site: its own term is not in the ELBO
         score = _log_prob(records[score_plan.program][score_plan.site], score_plan.program)
     if score_plan.score_dims:
         score = score.sum(score_plan.score_dims, keepdim=True)
-    cost = 0.0
+    cost = whole_cost  # the terms summed whole: already signed and detached
     for term, dims in score_plan.costs:
         t = scaled[term]
         if dims:
             t = t.sum(dims, keepdim=True)
         cost = cost + t if term[0] == "model" else cost - t
-    if not isinstance(cost, torch.Tensor):
-        return score.sum() * 0.0
     cost = cost.detach()
     if cost.dim() > score.dim():  # leading dims of plated terms, summed to size 1
         cost = cost.reshape(cost.shape[cost.dim() - score.dim():])
