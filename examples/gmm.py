@@ -81,9 +81,9 @@ def main(argv=None):
     assigned = rank[sg.param("assignment_logits").argmax(-1)]
     accuracy = (assigned == labels).float().mean().item()
     means = learned[order]
-    print("component means (sorted):")
-    for true, got in zip(TRUE_LOCS.tolist(), means.tolist()):
-        print(f"  true {true:6.2f}   learned {got:6.2f}")
+    print("component means (sorted); 'sample' is the mean of the points truly drawn from it:")
+    for k, (true, got) in enumerate(zip(TRUE_LOCS.tolist(), means.tolist())):
+        print(f"  true {true:6.2f}   sample {data[labels == k].mean():6.2f}   learned {got:6.2f}")
     print(f"assignment accuracy: {accuracy:.1%} of {N} points")
     return {"learned_means": means.tolist(), "true_means": TRUE_LOCS.tolist(),
             "accuracy": accuracy}
