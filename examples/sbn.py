@@ -32,7 +32,8 @@ X_DIM, Z1_DIM, Z2_DIM, BATCH = 20, 10, 10, 100
 def make_data(seed=0):
     """BATCH binary vectors sampled from a random SBN of the model's shape."""
     gen = torch.Generator().manual_seed(seed)
-    w2, w1 = 2 * torch.randn(Z1_DIM, Z2_DIM, generator=gen), 2 * torch.randn(X_DIM, Z1_DIM, generator=gen)
+    w2 = 2 * torch.randn(Z1_DIM, Z2_DIM, generator=gen)
+    w1 = 2 * torch.randn(X_DIM, Z1_DIM, generator=gen)
     z2 = torch.bernoulli(torch.full((BATCH, Z2_DIM), 0.5), generator=gen)
     z1 = torch.bernoulli(torch.sigmoid(z2 @ w2.T - 1.0), generator=gen)
     return torch.bernoulli(torch.sigmoid(z1 @ w1.T - 1.0), generator=gen)

@@ -97,3 +97,17 @@ def test_pretty_source_points_at_user_lines():
     plan = sg.compile(model, guide, FLIPS, loss=sg.infer.TraceGraph_ELBO())
     line = [ln for ln in plan.pretty(source=True).splitlines() if ln.startswith("    %c ")][0]
     assert "# guide test_printing.py:" in line and "model test_printing.py:" in line
+
+
+def test_render_runs_dot(monkeypatch, tmp_path):
+    """render() hands the DOT text to `dot -T<suffix> -o <path>` (a stand-in dot here)."""
+    import shutil
+    import stat
+    fake = tmp_path / "dot"
+    fake.write_text('#!/bin/sh\n# args: -Tfmt -o path\necho "$1" > "$3.fmt"; cat > "$3"\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setattr(shutil, "which", lambda name: str(fake) if name == "dot" else None)
+    plan = sg.compile(model, guide, FLIPS, loss=sg.infer.TraceGraph_ELBO())
+    out = plan.render(tmp_path / "plan.png")
+    assert out.read_text() == plan.to_dot()
+    assert (tmp_path / "plan.png.fmt").read_text().strip() == "-Tpng"
