@@ -331,10 +331,12 @@ def table(case, columns, exact_g, shapes):
     lines = ["| " + " | ".join(head) + " |",
              "| --- | " + " | ".join("---:" for _ in head[1:]) + " |"]
     flagged, verdicts = [], []
+    offset = 0
     for p in case.params:
         shape = shapes[p]
-        numel = int(torch.tensor(shape).prod()) if len(shape) else 1
-        for i, label in enumerate(_labels(p, numel, shape)):
+        numel = math.prod(shape)
+        for j, label in enumerate(_labels(p, numel, shape)):
+            i = offset + j
             ex = float(exact_g[p][i])
             row = [f"`{label}`", _num(ex)]
             for nm in names:
@@ -350,6 +352,7 @@ def table(case, columns, exact_g, shapes):
                 row += [text, verdict]
                 verdicts.append((label, verdict))
             lines.append("| " + " | ".join(row) + " |")
+        offset += numel
     return "\n".join(lines), flagged, verdicts
 
 
@@ -370,10 +373,8 @@ def run_case(case, n, out):
         start = time.perf_counter()
         samples = fn(case)
         seconds = time.perf_counter() - start
-        columns[name.replace(" Trace", " Trace") if False else _col(name)] = None
-        columns[_col(name)] = Stats(*[torch.stack([stats(samples[p], 0)[j] for p in ()])
-                                      for j in ()], seconds) if False else \
-            _merge({p: stats(samples[p], seconds) for p in case.params}, case.params, seconds)
+        columns[name] = _merge({p: stats(samples[p], seconds) for p in case.params},
+                               case.params, seconds)
     text, flagged, verdicts = table(case, columns, exact_g, shapes)
     head = f"### {case.title}\n\nN = {n} single-sample estimates per estimator, seed {SEED}"
     head += "; " + ", ".join(f"{k} {v.seconds:.1f} s" for k, v in columns.items())
@@ -391,10 +392,6 @@ def run_case(case, n, out):
     section = head + "\n\n" + text + "\n" + "\n".join(costs) + "\n"
     print(section, file=out, flush=True)
     return section, flagged, verdicts
-
-
-def _col(name):
-    return name
 
 
 def _merge(per_param, params, seconds):

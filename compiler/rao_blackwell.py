@@ -24,19 +24,35 @@ def cost_sets(graph, terms, scores, *, downstream_only):
     Plate slicing is not decided here but in ``plan_reductions``; iterations of a sequential
     plate other than the site's own are dropped here, being independent of it.
 
-    Time: one reverse topological sweep with bitsets, O((V + E) * V / 64) word operations.
+    Time: one reverse topological sweep with bitsets, O((V + E) * V / 64) word operations,
+    then per site work proportional to its cost set (its reach is decoded, not the terms
+    rescanned).
     """
     if downstream_only:
         index, reach = downstream_bits(graph)
+        names = list(graph.nodes)
+        term_index = {}
+        for i, t in enumerate(terms):
+            term_index.setdefault(t[1], []).append(i)
     out = {}
     for site, _ in scores:
-        keep = terms
-        if graph.nodes[site]["sequential"]:
-            keep = [t for t in terms if not _independent_iteration(graph, site, t[1])]
         if downstream_only:
-            keep = [t for t in keep if reach[site] >> index[t[1]] & 1]
+            found = sorted(i for bit in _set_bits(reach[site]) for i in term_index.get(names[bit], ()))
+            keep = [terms[i] for i in found]
+        else:
+            keep = list(terms)
+        if graph.nodes[site]["sequential"]:
+            keep = [t for t in keep if not _independent_iteration(graph, site, t[1])]
         out[site] = tuple(keep)
     return out
+
+
+def _set_bits(b):
+    """Indices of the set bits of ``b``, lowest first."""
+    while b:
+        low = b & -b
+        yield low.bit_length() - 1
+        b ^= low
 
 
 def downstream_bits(graph):
