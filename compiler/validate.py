@@ -27,6 +27,16 @@ def validate_sites(graph, *, can_enumerate=False):
                 f"rename it to a model site{close_matches(name, model_latents)}, or mark it\n"
                 'infer={"is_auxiliary": True} if it is an auxiliary variable',
                 site=name)
+    for name in guide_sites:
+        attrs = graph.nodes[name]
+        if attrs["enumerate"] is not None and not can_enumerate:
+            raise EnumerationError(
+                f"guide site {name!r} is marked for enumeration, which this objective does "
+                "not do (its terms would silently drop out of the ELBO)",
+                [f"infer={{'enumerate': {attrs['enumerate']!r}}}", _where(attrs, "guide")],
+                "remove the enumerate flag: the site then gets a score-function estimator "
+                "(enumeration, TraceEnum_ELBO, is not implemented yet)",
+                site=name)
     for name in model_sites:
         attrs = graph.nodes[name]
         if attrs["type"] != "sample" or attrs["guide_fn"] is not None:

@@ -23,6 +23,11 @@ def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
         infer: per-site options: ``{"enumerate": "parallel"|"sequential"}``,
             ``{"baseline": {...}}``, ``{"is_auxiliary": True}``, ``{"sample_from_prior": True}``.
     """
+    if obs_mask is not None:
+        raise NotImplementedError(
+            f"site {name!r}: obs_mask (partly observed sites) is not supported yet; split the "
+            "site into an observed and a latent site, or mask the observed part with "
+            ".mask(...)")
     if not effects._STACK:  # the lean path: no handler, just a draw
         if obs is not None:
             return obs

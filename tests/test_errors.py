@@ -520,3 +520,21 @@ def test_baseline_error_is_exported():
     """BaselineError is importable from svigraph.errors and is the one the compiler raises."""
     from compiler.baselines import BaselineError
     assert errors.BaselineError is BaselineError
+
+
+def test_guide_site_marked_for_enumeration_is_refused(elbo):
+    def model():
+        sg.sample("z", dist.Bernoulli(0.5))
+
+    def guide():
+        sg.sample("z", dist.Bernoulli(0.3), infer={"enumerate": "parallel"})
+
+    assert_error(model, guide, elbo, errors.EnumerationError, site="z",
+                 contains=("enumerat",))
+
+
+def test_obs_mask_is_refused_not_ignored():
+    with pytest.raises(NotImplementedError, match="obs_mask"):
+        with sg.handlers.trace():
+            sg.sample("x", dist.Normal(0.0, 1.0), obs=torch.zeros(2),
+                      obs_mask=torch.tensor([True, False]))
