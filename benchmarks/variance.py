@@ -292,7 +292,7 @@ def pyro_cost_sets(case):
     non-reparameterized site in its provenance; recompute those sets from one trace."""
     try:
         from pyro.infer.tracegraph_elbo import TrackNonReparam
-        from pyro.infer.util import get_importance_trace
+        from pyro.infer.enum import get_importance_trace
         from pyro.ops.provenance import get_provenance
     except ImportError:
         return None
@@ -355,7 +355,7 @@ def table(case, columns, exact_g, shapes):
         numel = math.prod(shape)
         for j, label in enumerate(_labels(p, numel, shape)):
             i = offset + j
-            ex = float(exact_g[p][i])
+            ex = float(exact_g[p][j])
             row = [f"`{label}`", _num(ex)]
             for nm in names:
                 s = columns[nm]

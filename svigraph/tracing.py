@@ -125,6 +125,17 @@ def trace_graph(model, guide, args, kwargs, replay_guide=None):
     Returns:
         TracedProgram.
     """
+    # torch's argument validation would run every check through the provenance wrapper;
+    # tracing does its own support and shape checks (check_sites), so it is off meanwhile.
+    validate = torch.distributions.Distribution._validate_args
+    torch.distributions.Distribution.set_default_validate_args(False)
+    try:
+        return _trace_graph(model, guide, args, kwargs, replay_guide)
+    finally:
+        torch.distributions.Distribution.set_default_validate_args(validate)
+
+
+def _trace_graph(model, guide, args, kwargs, replay_guide):
     guide_tracer, model_tracer = _ProvenanceTracer("guide"), _ProvenanceTracer("model")
     guide_fn = replay(guide, trace=replay_guide) if replay_guide is not None else guide
     # The tracer sits outside the trace handler: it must tag values before trace copies them.

@@ -80,15 +80,25 @@ class ProvenanceTensor(torch.Tensor):
         return _wrap(result, provenance)
 
 
+_IN_PLACE = {}  # func -> whether it writes into its first argument
+
+
+def _is_in_place(func):
+    found = _IN_PLACE.get(func)
+    if found is None:
+        name = getattr(func, "__name__", "")
+        found = (name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
+                 or name.startswith("__i"))
+        _IN_PLACE[func] = found
+    return found
+
+
 def _written_in_place(func, args, kwargs):
     """The tensors ``func`` writes into: ``x.add_(..)``, ``x[i] = ..``, ``out=x``."""
-    name = getattr(func, "__name__", "")
-    targets = []
-    if args and (name == "__setitem__" or (name.endswith("_") and not name.endswith("__"))
-                 or name.startswith("__i")):
-        targets.append(args[0])
-    out = kwargs.get("out")
-    targets += list(out) if isinstance(out, (tuple, list)) else [out]
+    targets = [args[0]] if args and _is_in_place(func) else []
+    out = kwargs.get("out") if kwargs else None
+    if out is not None:
+        targets += list(out) if isinstance(out, (tuple, list)) else [out]
     return [t for t in targets if isinstance(t, torch.Tensor)]
 
 
@@ -116,13 +126,14 @@ def restore_plain_tensors():
 
 
 def _unwrap(obj, provenance):
-    if isinstance(obj, ProvenanceTensor):
+    kind = type(obj)  # exact types: this runs on every argument of every op while tracing
+    if kind is ProvenanceTensor:
         provenance |= obj._provenance
         return obj._t
-    if isinstance(obj, (list, tuple)) and obj:
+    if (kind is list or kind is tuple) and obj:
         items = [_unwrap(x, provenance) for x in obj]
-        return tuple(items) if isinstance(obj, tuple) else items
-    if isinstance(obj, dict) and obj:
+        return tuple(items) if kind is tuple else items
+    if kind is dict and obj:
         return {k: _unwrap(v, provenance) for k, v in obj.items()}
     return obj
 
