@@ -67,4 +67,9 @@ def _spec(site, options):
     kind = {"use_decaying_avg_baseline": "decaying_avg", "nn_baseline": "nn",
             "baseline_value": "value", "use_loo_baseline": "loo"}[kinds[0]]
     return BaselineSpec(kind, beta=beta if kind == "decaying_avg" else None,
-                        module_name="nn_baseline" if kind == "nn" else None)
+                        module_name=_module_label(options["nn_baseline"]) if kind == "nn" else None)
+
+
+def _module_label(frozen):
+    # the graph keeps objects by kind only ("<BaselineNet>"): the class name is the label
+    return str(frozen).strip("<>")

@@ -18,27 +18,35 @@ def cost_sets(graph, terms, scores, *, downstream_only):
         terms: the ELBO's terms in order (``elbo_terms``).
         scores: (site, program) pairs (``score_sites``).
         downstream_only: if true (TraceGraph_ELBO), keep only the terms that depend on the
-            site through the graph's edges, data or control, transitively; if false
-            (Trace_ELBO), keep every term.
+            site; if false (Trace_ELBO), keep every term.
 
-    Plate slicing is not decided here but in ``plan_reductions``; iterations of a sequential
-    plate other than the site's own are dropped here, being independent of it.
+    What depends on a site s: the *values* reachable from s, following an edge u -> v only
+    in the program that produces v's value (the guide for guide-sampled sites, the model for
+    model-only latents); then log q of those values and log p of those values and of every
+    site whose model distribution reads one of them. A model edge into a guide-sampled site
+    changes its log p, not its value, so reach does not continue through it. Control edges
+    count like data edges. Plate slicing is decided in ``plan_reductions``; iterations of a
+    sequential plate other than the site's own are dropped here, being independent of it.
 
-    Time: one reverse topological sweep with bitsets, O((V + E) * V / 64) word operations,
-    then per site work proportional to its cost set (its reach is decoded, not the terms
-    rescanned).
+    Time: one sweep over the value graph's condensation with bitsets, O((V + E) * V / 64)
+    word operations, then per site work proportional to its cost set.
     """
     if downstream_only:
-        index, reach = downstream_bits(graph)
+        index, values, model_children = dependence_bits(graph)
         names = list(graph.nodes)
-        term_index = {}
-        for i, t in enumerate(terms):
-            term_index.setdefault(t[1], []).append(i)
+        term_index = {t: i for i, t in enumerate(terms)}
     out = {}
     for site, _ in scores:
         if downstream_only:
-            found = sorted(i for bit in _set_bits(reach[site]) for i in term_index.get(names[bit], ()))
-            keep = [terms[i] for i in found]
+            reached = values[site]
+            log_p = reached
+            for bit in _set_bits(reached):
+                log_p |= model_children[names[bit]]
+            found = [term_index[t] for bit in _set_bits(reached)
+                     if (t := ("guide", names[bit])) in term_index]
+            found += [term_index[t] for bit in _set_bits(log_p)
+                      if (t := ("model", names[bit])) in term_index]
+            keep = [terms[i] for i in sorted(found)]
         else:
             keep = list(terms)
         if graph.nodes[site]["sequential"]:
@@ -47,20 +55,37 @@ def cost_sets(graph, terms, scores, *, downstream_only):
     return out
 
 
-def _set_bits(b):
-    """Indices of the set bits of ``b``, lowest first."""
-    while b:
-        low = b & -b
-        yield low.bit_length() - 1
-        b ^= low
+def value_producer(attrs):
+    """The program that draws a site's value, or None for data, factors and params."""
+    if attrs["type"] != "sample":
+        return None
+    return "guide" if attrs["guide_fn"] is not None else "model"
 
 
-def downstream_bits(graph):
-    """(node -> bit index, node -> int bitset of itself and every node reachable from it)."""
-    # Guide and model may order sites oppositely (z2 -> z1 in the guide, z1 -> z2 in the
-    # model), so the graph can have cycles: sweep its condensation, whose nodes are the
-    # strongly connected components, and give every member its component's reach.
+def is_value_edge(graph, v, data):
+    """Whether edge u -> v makes v's value depend on u's."""
+    producer = value_producer(graph.nodes[v])
+    return producer is not None and producer in data["via"]
+
+
+def dependence_bits(graph):
+    """(node -> bit index, node -> bitset of itself and the values that depend on it,
+    node -> bitset of the sites whose model distribution reads it)."""
     index = {n: i for i, n in enumerate(graph.nodes)}
+    value_graph = nx.DiGraph()
+    value_graph.add_nodes_from(graph.nodes)
+    model_children = {n: 0 for n in graph.nodes}
+    for u, v, data in graph.edges(data=True):
+        if is_value_edge(graph, v, data):
+            value_graph.add_edge(u, v)
+        if "model" in data["via"] or data["kind"] == "control":
+            model_children[u] |= 1 << index[v]
+    return index, _reach_bits(value_graph, index), model_children
+
+
+def _reach_bits(graph, index):
+    # A cycle is possible in principle, so sweep the condensation (strongly connected
+    # components) and give every member its component's reach.
     dag = nx.condensation(graph)
     members = dag.graph["mapping"]
     comp_bits = {}
@@ -71,7 +96,15 @@ def downstream_bits(graph):
         for child in dag.successors(comp):
             b |= comp_bits[child]
         comp_bits[comp] = b
-    return index, {node: comp_bits[members[node]] for node in graph.nodes}
+    return {node: comp_bits[members[node]] for node in graph.nodes}
+
+
+def _set_bits(b):
+    """Indices of the set bits of ``b``, lowest first."""
+    while b:
+        low = b & -b
+        yield low.bit_length() - 1
+        b ^= low
 
 
 def _independent_iteration(graph, site, other):

@@ -34,13 +34,24 @@ def random_graph(seed, n=30, p=0.12):
 
 
 def naive_costs(graph, terms, site):
-    reach = nx.descendants(graph, site) | {site}
-    return tuple(t for t in terms if t[1] in reach)
+    """Values reachable along edges of the program producing the target's value; then log q
+    of those and log p of those and of their model children."""
+    def producer(v):
+        a = graph.nodes[v]
+        return None if a["type"] != "sample" else ("guide" if a["guide_fn"] else "model")
+
+    values = nx.DiGraph([(u, v) for u, v, d in graph.edges(data=True) if producer(v) in d["via"]])
+    values.add_nodes_from(graph.nodes)
+    reached = nx.descendants(values, site) | {site}
+    log_p = set(reached) | {v for u, v, d in graph.edges(data=True)
+                            if u in reached and ("model" in d["via"] or d["kind"] == "control")}
+    return tuple(t for t in terms if (t[0] == "guide" and t[1] in reached)
+                 or (t[0] == "model" and t[1] in log_p))
 
 
 @pytest.mark.parametrize("seed", range(20))
 def test_downstream_cost_sets_match_naive_reachability(seed):
-    """Including cycles (guide and model ordering sites oppositely)."""
+    """Random edges in either program, cycles included."""
     graph = random_graph(seed)
     check_graph(graph)
     estimators = assign_estimators(graph)
@@ -63,3 +74,20 @@ def test_sequential_iterations_are_independent():
     terms = elbo_terms(g, est)
     costs = cost_sets(g, terms, score_sites(g, est), downstream_only=False)
     assert costs["a0"] == (("guide", "a0"), ("model", "a0"))
+
+
+def test_reverse_ordered_guide_does_not_over_reach():
+    """Model z2 -> z1 -> x, guide z1 -> z2: z1's value comes from the guide, so z2 reaches
+    log p(z1) (whose model distribution reads z2) but not x or log q(z1)."""
+    g = nx.DiGraph(plates={})
+    for i, name in enumerate(["z1", "z2", "x"]):
+        g.add_node(name, **node("observe" if name == "x" else "sample", i, guide=name != "x"))
+    g.add_edge("z1", "z2", via=frozenset({"guide"}), kind="data")
+    g.add_edge("z2", "z1", via=frozenset({"model"}), kind="data")
+    g.add_edge("z1", "x", via=frozenset({"model"}), kind="data")
+    est = assign_estimators(g)
+    terms = elbo_terms(g, est)
+    costs = cost_sets(g, terms, score_sites(g, est), downstream_only=True)
+    assert costs["z2"] == (("guide", "z2"), ("model", "z1"), ("model", "z2"))
+    assert costs["z1"] == (("guide", "z1"), ("guide", "z2"), ("model", "z1"), ("model", "z2"),
+                           ("model", "x"))
