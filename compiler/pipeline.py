@@ -34,6 +34,7 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
     scores = score_sites(graph, estimators)
     costs = cost_sets(graph, terms, scores, downstream_only=downstream_only)
     specs = baselines(graph, scores) if baselines else {}
+    stopped = frozenset((program, site) for site, program in scores if program == "guide")
     layout = term_layout(graph, terms)
     score_plans = []
     for site, program in scores:
@@ -49,7 +50,8 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
     return Plan(graph=graph, loss_name=loss_name, options=tuple(options),
                 plates=types.MappingProxyType(dict(graph.graph["plates"])),
                 sites=types.MappingProxyType(sites), params=tuple(param_sites(graph)),
-                terms=tuple(TermPlan(t, t[1], t[0]) for t in terms), scores=tuple(score_plans),
+                terms=tuple(TermPlan(t, t[1], t[0], stop_gradient=t in stopped) for t in terms),
+                scores=tuple(score_plans),
                 symbolic=functools.partial(build_objective, graph, terms, scores, costs,
-                                           baselines=specs),
+                                           baselines=specs, stopped=stopped),
                 key=key, key_hash=key_hash(key))

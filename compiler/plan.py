@@ -44,11 +44,17 @@ class SitePlan:
 
 @dataclass(frozen=True)
 class TermPlan:
-    """One log-prob term of the ELBO: read ``site`` in ``program``, sign +1 (model) or -1."""
+    """One log-prob term of the ELBO: read ``site`` in ``program``, sign +1 (model) or -1.
+
+    ``stop_gradient``: the term adds its value to the ELBO but no gradient. Set for the log q
+    of a score-function site: its direct gradient has expectation zero (E_q[grad log q] = 0),
+    so dropping it keeps the estimator unbiased and removes its variance.
+    """
 
     key: CostTerm
     site: str
     program: str
+    stop_gradient: bool = False
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,8 @@ def format_plan(plan, source=False):
     lines.append("  objective")
     lines += _wrap("    elbo      = ", format_sum(graph, [t.key for t in plan.terms]), 16)
     if plan.scores:
-        pieces = []
+        stopped = {t.key for t in plan.terms if t.stop_gradient}
+        pieces = [format_sum(graph, [t.key for t in plan.terms], stopped=stopped)]
         for score in plan.scores:
             own = term_plates(graph, (score.program, score.site))
             cost = format_sum(graph, plan.sites[score.site].cost, keep=own)
@@ -114,6 +115,6 @@ def format_plan(plan, source=False):
             for plate in reversed(own):
                 piece = f"sum[{plate}]({piece})"
             pieces.append(piece)
-        lines += _wrap("    surrogate = ", "elbo + " + " + ".join(pieces), 16)
+        lines += _wrap("    surrogate = ", " + ".join(pieces), 16)
     lines.append("}")
     return "\n".join(lines)

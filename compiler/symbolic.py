@@ -53,11 +53,17 @@ def term_expr(graph, term, keep=()):
     return _scale(graph, plates) * _sum_over(graph, _symbol(graph, term), summed)
 
 
-def build_objective(graph, terms, scores, costs, baselines=()):
-    """(objective, surrogate) sympy expressions of a plan; ``baselines``: sites that have one."""
+def build_objective(graph, terms, scores, costs, baselines=(), stopped=frozenset()):
+    """(objective, surrogate) sympy expressions of a plan.
+
+    Args:
+        baselines: sites that have a baseline.
+        stopped: terms that enter the surrogate without gradient (score sites' log q).
+    """
     # n-ary Add: summing pairwise re-canonicalizes ever longer sums (quadratic or worse)
-    elbo = sp.Add(*(term_expr(graph, t) * (1 if t[0] == "model" else -1) for t in terms))
-    pieces = [elbo]
+    signed = [(term_expr(graph, t), 1 if t[0] == "model" else -1, t) for t in terms]
+    elbo = sp.Add(*(e * sign for e, sign, _ in signed))
+    pieces = [(stop(e) if t in stopped else e) * sign for e, sign, t in signed]
     for site, program in scores:
         own = term_plates(graph, (program, site))
         cost = [term_expr(graph, t, keep=own) * (1 if t[0] == "model" else -1)
@@ -78,10 +84,12 @@ def format_term(graph, term, keep=()):
     return text
 
 
-def format_sum(graph, terms, keep=()):
+def format_sum(graph, terms, keep=(), stopped=()):
     out = ""
     for t in terms:
         piece = format_term(graph, t, keep)
+        if t in stopped:
+            piece = f"stop({piece})"
         if not out:
             out = piece if t[0] == "model" else f"-{piece}"
         else:

@@ -64,7 +64,8 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         if not (scale.__class__ is float and scale == 1.0):
             lp = lp * scale
         scaled[term.key] = lp
-        sums.append(lp.sum() if term.program == "model" else -lp.sum())
+        total = lp.detach().sum() if term.stop_gradient else lp.sum()
+        sums.append(total if term.program == "model" else -total)
     totals = torch.stack(sums) if sums else torch.zeros(0)
     elbo = totals.sum()
     surrogate = elbo.new_zeros(())

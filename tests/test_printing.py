@@ -45,8 +45,9 @@ def test_tracegraph_plan_printout():
             %p : decaying_avg[beta=0.95]
           objective
             elbo      = -guide:p - sum[data](guide:c) + model:p + sum[data](model:c) + sum[data](model:obs)
-            surrogate = elbo + guide:p * stop(-guide:p + model:p + sum[data](model:obs) - baseline:p) +
-                        sum[data](guide:c * stop(-guide:c + model:c + model:obs))
+            surrogate = -stop(guide:p) - stop(sum[data](guide:c)) + model:p + sum[data](model:c) +
+                        sum[data](model:obs) + guide:p * stop(-guide:p + model:p + sum[data](model:obs) -
+                        baseline:p) + sum[data](guide:c * stop(-guide:c + model:c + model:obs))
         }""").replace("KEY", plan.key_hash)
     assert str(plan) == expected
     assert all(len(line) <= 100 for line in str(plan).splitlines())
@@ -79,9 +80,9 @@ def test_sympy_objective_and_surrogate():
     assert plan.objective.has(sp.Sum)
     assert sp.Symbol("baseline:p") in plan.surrogate.free_symbols
     assert "stop" in sp.latex(plan.surrogate) or r"\operatorname{stop}" in sp.latex(plan.surrogate)
-    # the surrogate minus the objective is exactly the score terms
+    # two score terms stop(cost), and the two score sites' log q enter as stop(log q)
     stops = [f for f in plan.surrogate.atoms(sp.Function) if f.func.__name__ == "stop"]
-    assert len(stops) == 2
+    assert len(stops) == 4
 
 
 def test_dot_output():

@@ -259,3 +259,32 @@ def test_render_without_dot_says_how_to_install(monkeypatch, tmp_path):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install graphviz"):
         plan.render(tmp_path / "plan.svg")
+
+
+def test_single_sample_gradient_is_the_hand_derived_surrogate():
+    """Replaying one draw: d(-loss)/d leaf = d log q(z)/d leaf * cost(z), where cost(z) holds
+    log p(z) - log q(z) + log p(x | z); the direct gradient of -log q(z) is not added (its
+    expectation is zero)."""
+    def model():
+        z = sg.sample("z", dist.Bernoulli(0.3))
+        sg.sample("x", dist.Normal(2.0 * z, 1.0), obs=torch.tensor(1.5))
+
+    def guide():
+        q = sg.param("q", torch.tensor(0.6), constraint=unit_interval)
+        sg.sample("z", dist.Bernoulli(q))
+
+    for elbo in (Trace_ELBO(), TraceGraph_ELBO()):
+        guide()
+        leaf = sg.param("q").unconstrained()
+        sg.set_rng_seed(11)
+        loss = elbo.differentiable_loss(model, guide)
+        (grad,) = torch.autograd.grad(-loss, [leaf])
+        sg.set_rng_seed(11)
+        z = sg.handlers.trace(guide).get_trace()["z"]["value"]
+        q = sg.param("q")
+        log_q = dist.Bernoulli(q).log_prob(z)
+        cost = (dist.Bernoulli(torch.tensor(0.3)).log_prob(z) - log_q
+                + dist.Normal(2.0 * z, 1.0).log_prob(torch.tensor(1.5))).detach()
+        (expected,) = torch.autograd.grad(log_q * cost, [leaf])
+        assert torch.allclose(grad, expected, atol=1e-6), (type(elbo).__name__, grad, expected)
+        assert torch.allclose(-loss.detach(), cost)

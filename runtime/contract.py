@@ -1,0 +1,207 @@
+"""Execute a ContractionPlan on log-space factor tensors (the log-sum-exp semiring).
+
+Every decision was made by ``compiler.enumeration.plan_contraction``: the steps, their
+opt_einsum paths, and the kernel of each pairwise contraction. This module binds the tensors,
+then walks each step's path, keeping every intermediate in log space so that long chains
+neither underflow nor overflow:
+
+* "broadcast" kernel (small joint index spaces): exact, ``logsumexp`` of the broadcast sum.
+* "einsum" kernel (large ones): subtract each operand's max over the dims being summed, run
+  the cached opt_einsum ``ContractExpression`` on ``exp``, take ``log`` and add the maxima
+  back. The shifts are detached: the identity holds for any constant, so gradients are exact.
+
+Kernels are built once per (equation, shapes, kernel) with symbols renamed canonically, so a
+10,000-step chain of identical pairwise shapes shares one kernel; each plan's bound program
+is cached beside it (weakly, by identity).
+"""
+
+from __future__ import annotations
+
+import weakref
+from functools import lru_cache
+from typing import Mapping
+
+import opt_einsum
+import torch
+
+from compiler.errors import ShapeMismatchError
+
+_PROGRAMS = weakref.WeakKeyDictionary()
+
+
+def execute(plan, tensors):
+    """The log of the plated sum-product, a tensor over ``plan.dims``.
+
+    Args:
+        plan: a ContractionPlan.
+        tensors: the log-factor tensors: a mapping by factor name, or a sequence in the
+            order of ``plan.inputs``.
+
+    Differentiable. Time: the plan's pairwise operations, each O(its joint index space).
+    """
+    program = _program(plan)
+    env = _run_steps(program, plan, _bind(plan, tensors))
+    if plan.combine is None:
+        return env[plan.result]
+    return _run_step(plan.combine, program["combine"], env)
+
+
+def execute_partial(plan, tensors):
+    """The partial results, one tensor per ``plan.results`` entry, over that entry's dims.
+
+    Summing each over all its dims and adding them gives the full log sum-product (when
+    every plate is reduced); a result holding a kept plate is per slice of that plate.
+    """
+    program = _program(plan)
+    env = _run_steps(program, plan, _bind(plan, tensors))
+    return tuple(env[name] for name, _ in plan.results)
+
+
+# ---- binding ---------------------------------------------------------------------------------
+
+def _bind(plan, tensors):
+    """name -> operand: each tensor reshaped (size-1 dims dropped) and expanded over the
+    plates its factor broadcasts along. Checks the count and every shape."""
+    if not isinstance(tensors, Mapping):
+        tensors = list(tensors)
+        if len(tensors) != len(plan.inputs):
+            names = ", ".join(p.name for p in plan.inputs)
+            raise ShapeMismatchError(
+                f"this contraction takes {len(plan.inputs)} tensors ({names}) but received "
+                f"{len(tensors)}", [], "pass one log-factor tensor per planned factor")
+        tensors = {p.name: t for p, t in zip(plan.inputs, tensors)}
+    env = {}
+    for spec in plan.inputs:
+        if spec.name not in tensors:
+            raise ShapeMismatchError(f"no tensor was given for factor {spec.name!r}",
+                                     [f"given: {sorted(tensors)}"],
+                                     "pass a tensor for every planned factor", site=spec.name)
+        tensor = tensors[spec.name]
+        if tuple(tensor.shape) != spec.source_shape:
+            raise ShapeMismatchError(
+                f"factor {spec.name!r} has shape {tuple(tensor.shape)}, planned "
+                f"{spec.source_shape}", [f"dims {spec.dims}"],
+                "replan the contraction for these shapes", site=spec.name,
+                shapes=(tuple(tensor.shape), spec.source_shape))
+        env[spec.name] = tensor.reshape(spec.view_shape).expand(spec.shape)
+    return env
+
+
+# ---- the step loop ---------------------------------------------------------------------------
+
+def _run_steps(program, plan, env):
+    for step, kernels in zip(plan.steps, program["steps"]):
+        env[step.output] = _run_step(step, kernels, env)
+    return env
+
+
+def _run_step(step, kernels, env):
+    """Walk the step's path, then take the product over the plates it leaves."""
+    operands = [env.pop(name) for name in step.inputs]
+    try:
+        for positions, kernel in kernels:
+            taken = [operands.pop(p) for p in positions]
+            operands.append(kernel(*taken))
+    except RuntimeError as err:
+        raise RuntimeError(f"while executing contraction step {step.output} "
+                           f"(einsum {step.equation!r}): {err}") from err
+    (result,) = operands
+    if step.reduce_plates:
+        first = len(step.dims)
+        result = result.sum(tuple(range(first, first + len(step.reduce_plates))))
+    return result
+
+
+def _program(plan):
+    """The plan's kernels, built once per plan: {"steps": [...], "combine": [...]}."""
+    program = _PROGRAMS.get(plan)
+    if program is None:
+        label_sizes = dict(plan.sizes)
+        sizes = {symbol: label_sizes[label] for label, symbol in plan.symbols}
+        program = {"steps": [_step_kernels(s, sizes) for s in plan.steps],
+                   "combine": _step_kernels(plan.combine, sizes) if plan.combine else None}
+        _PROGRAMS[plan] = program
+    return program
+
+
+def _step_kernels(step, sizes):
+    """(positions in pop order, kernel) per pairwise op of ``step``."""
+    out = []
+    for op in step.ops:
+        equation = canonical_equation(op.equation)
+        inputs = op.equation.split("->")[0].split(",")
+        shapes = tuple(tuple(sizes[c] for c in s) for s in inputs)
+        out.append((tuple(sorted(op.positions, reverse=True)),
+                    build_kernel(equation, shapes, op.kernel)))
+    return out
+
+
+# ---- kernels ---------------------------------------------------------------------------------
+
+def canonical_equation(equation):
+    """Rename an einsum's symbols in order of first appearance ("bc,c->b" -> "ab,b->a")."""
+    names = {}
+    for c in equation:
+        if c not in ",->" and c not in names:
+            names[c] = opt_einsum.get_symbol(len(names))
+    return "".join(names.get(c, c) for c in equation)
+
+
+@lru_cache(maxsize=4096)
+def build_kernel(equation, shapes, kernel):
+    """A function of the operands' log tensors computing the log of the einsum.
+
+    Cached per (equation, shapes, kernel). ``kernel`` is "broadcast" or "einsum".
+    """
+    inputs, out = equation.split("->")
+    inputs = inputs.split(",")
+    size = {c: n for s, shape in zip(inputs, shapes) for c, n in zip(s, shape)}
+    if kernel == "broadcast":
+        return _broadcast_kernel(inputs, out, size)
+    return _einsum_kernel(equation, inputs, out, size, shapes)
+
+
+def _align(subs, target, size):
+    """(permutation, view shape) placing a tensor over ``subs`` into ``target``'s layout."""
+    perm = tuple(subs.index(c) for c in target if c in subs)
+    view = tuple(size[c] if c in subs else 1 for c in target)
+    return perm, view
+
+
+def _broadcast_kernel(inputs, out, size):
+    """Exact: logsumexp over the summed dims of the broadcast sum of the operands."""
+    joint = out + "".join(c for c in dict.fromkeys("".join(inputs)) if c not in out)
+    aligns = [_align(s, joint, size) for s in inputs]
+    summed = tuple(range(len(out), len(joint)))
+
+    def run(*tensors):
+        total = None
+        for tensor, (perm, view) in zip(tensors, aligns):
+            term = tensor.permute(perm).reshape(view)
+            total = term if total is None else total + term
+        return torch.logsumexp(total, summed) if summed else total
+
+    return run
+
+
+def _einsum_kernel(equation, inputs, out, size, shapes):
+    """Max-shifted: log(einsum(exp(x - max))) + max, the max over each operand's summed dims."""
+    expression = opt_einsum.contract_expression(equation, *shapes)
+    specs = []
+    for s in inputs:
+        axes = tuple(i for i, c in enumerate(s) if c not in out)
+        kept = "".join(c for c in s if c in out)
+        specs.append((axes, tuple(size[c] for c in kept), _align(kept, out, size)))
+
+    def run(*tensors):
+        exps, shift = [], 0
+        for tensor, (axes, kept_shape, (perm, view)) in zip(tensors, specs):
+            peak = tensor.detach()
+            if axes:
+                peak = peak.amax(dim=axes, keepdim=True)
+            peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+            exps.append(torch.exp(tensor - peak))
+            shift = shift + peak.reshape(kept_shape).permute(perm).reshape(view)
+        return torch.log(expression(*exps)) + shift
+
+    return run
