@@ -12,8 +12,19 @@ from svigraph import handlers
 
 
 class _Branch(Exception):
-    def __init__(self, name, support):
-        self.name, self.support = name, support
+    def __init__(self, name, support, event_dim):
+        self.name, self.support, self.event_dim = name, support, event_dim
+
+
+def _assignments(branch):
+    """Every value of a site: one support element (a whole event) per batch element."""
+    support = branch.support  # (K, *batch, *event)
+    k = support.shape[0]
+    batch = support.shape[1:support.dim() - branch.event_dim]
+    flat = support.reshape(k, -1, *support.shape[support.dim() - branch.event_dim:])
+    for choice in itertools.product(range(k), repeat=flat.shape[1]):
+        picked = torch.stack([flat[c, j] for j, c in enumerate(choice)])
+        yield picked.reshape(tuple(batch) + tuple(picked.shape[1:]))
 
 
 class _Force(sg.effects.Messenger):
@@ -28,7 +39,7 @@ class _Force(sg.effects.Messenger):
             return
         if msg["name"] not in self.values:
             fn = msg["fn"]
-            raise _Branch(msg["name"], fn.enumerate_support(expand=True))
+            raise _Branch(msg["name"], fn.enumerate_support(expand=True), len(fn.event_shape))
         msg["value"] = self.values[msg["name"]]
 
 
@@ -42,22 +53,22 @@ def guide_configurations(guide, *args):
                 guide(*args)
             out.append(values)
         except _Branch as branch:
-            flat = branch.support.reshape(branch.support.shape[0], -1)
-            shape = branch.support.shape[1:]
-            for combo in itertools.product(*[flat[:, j].unique() for j in range(flat.shape[1])]):
-                stack.append({**values, branch.name: torch.stack(combo).reshape(shape)})
+            stack += [{**values, branch.name: v} for v in _assignments(branch)]
     return out
 
 
 def exact_elbo(model, guide, *args):
-    """Σ over guide configurations of q(config) (log p - log q): differentiable in params."""
+    """Σ over guide configurations of q(config) (log p - log q): differentiable in params.
+
+    q(config) is the probability of drawing the configuration (no scale, no mask); the
+    integrand log p - log q carries the sites' scales and masks, as the ELBO does.
+    """
     total = 0.0
     for values in guide_configurations(guide, *args):
         guide_tr = handlers.trace(handlers.condition(guide, data=values)).get_trace(*args)
         model_tr = handlers.trace(handlers.replay(model, trace=guide_tr)).get_trace(*args)
-        log_q = guide_tr.log_prob_sum()
-        log_p = model_tr.log_prob_sum()
-        total = total + log_q.exp() * (log_p - log_q)
+        draw = sum(site["fn"].log_prob(site["value"]).sum() for site in guide_tr.sample_sites())
+        total = total + draw.exp() * (model_tr.log_prob_sum() - guide_tr.log_prob_sum())
     return total
 
 
