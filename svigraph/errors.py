@@ -4,3 +4,4 @@ from compiler.errors import (DuplicateSiteError, EnumerationError, ModelGuideMis
                              ParamError, PlateError, ShapeMismatchError, SupportError,
                              SvigraphError, TracingError)
 from compiler.baselines import BaselineError  # noqa: F401
+from svigraph.serialization import UnsafeFileError  # noqa: F401

@@ -7,13 +7,13 @@ that tensor's ``.unconstrained()`` gives the leaf back.
 
 from __future__ import annotations
 
-import io
 import weakref
 
 import torch
 from torch.distributions import biject_to, constraints
 
 from compiler.errors import ParamError, close_matches
+from svigraph.serialization import safe_load
 
 
 def _attach_unconstrained(value, leaf):
@@ -165,14 +165,7 @@ class ParamStore:
 
     def load(self, path, map_location=None):
         """Load a saved store. Refuses pickled objects: only tensors and plain data load."""
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError for non-tensor objects
-            raise ParamError(f"refusing to load {path}: it holds objects other than tensors "
-                             "and plain data", [str(err).splitlines()[0]],
-                             "load only files written by ParamStore.save") from err
+        state = safe_load(path, map_location, "ParamStore.save")
         if not isinstance(state, dict) or set(state) != {"params", "constraints"}:
             raise ParamError(f"refusing to load {path}: not a param store file",
                              fix="load only files written by ParamStore.save")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import random
 
 import torch
 
 from compiler.errors import NonFiniteLossError
 from svigraph.params import get_param_store
+from svigraph.serialization import safe_load
 from svigraph.handlers import trace
 from svigraph.infer.elbo import ELBO
 
@@ -85,14 +85,7 @@ class SVI:
 
     def load(self, path, map_location=None):
         """Resume from ``save``'s file; refuses files holding arbitrary pickled objects."""
-        with open(path, "rb") as f:
-            data = f.read()
-        try:
-            state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
-        except Exception as err:
-            raise ValueError(f"refusing to load checkpoint {path}: it holds objects other "
-                             "than tensors and plain data") from err
-        self.set_state(state)
+        self.set_state(safe_load(path, map_location, "SVI.save"))
 
 
 def _as_random_state(state):

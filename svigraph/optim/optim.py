@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import inspect
-import pickle
 
 import torch
+
+from svigraph.serialization import safe_load
 
 from svigraph.optim.clipped_adam import ClippedAdam as _ClippedAdamOptimizer
 from svigraph.params import get_param_store
@@ -214,15 +215,7 @@ class Optim:
         Only tensors and plain data load (``torch.load(weights_only=True)``); a file holding
         any other pickled object is refused with a ``ValueError`` and never executed.
         """
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-        except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(
-                f"refusing to load optimizer state from {str(path)!r}: the file holds pickled "
-                f"objects other than tensors and plain data ({first}); fix: load only files "
-                "written by Optim.save(), which stores tensors and plain data") from None
-        self.set_state(state)
+        self.set_state(safe_load(path, map_location, "Optim.save"))
 
     # snapshots, for MultiOptimizer.get_step
     def _checkpoint(self, leaves):

@@ -7,7 +7,7 @@ import svigraph as sg
 from svigraph import distributions as dist
 from svigraph import handlers, poutine
 from svigraph.constraints import positive
-from svigraph.errors import ParamError, PlateError
+from svigraph.errors import PlateError
 
 
 def model(data=None):
@@ -151,8 +151,11 @@ def test_param_store_save_load(tmp_path):
     assert torch.allclose(sg.param("a"), torch.tensor(2.0))
     assert sg.get_param_store().get_constraint("a") is positive
     torch.save({"evil": ValueError("arbitrary object")}, tmp_path / "bad.pt")
-    with pytest.raises(ParamError, match="refus"):
+    with pytest.raises(sg.errors.UnsafeFileError, match="refus"):
         sg.get_param_store().load(tmp_path / "bad.pt")
+    svi = sg.infer.SVI(model, model, sg.optim.Adam({}), sg.infer.Trace_ELBO())
+    with pytest.raises(sg.errors.UnsafeFileError, match="SVI.save"):
+        svi.load(tmp_path / "bad.pt")
 
 
 def test_module_registers_parameters():
