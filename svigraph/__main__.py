@@ -11,12 +11,13 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="compile, inspect and train the coin-fairness example")
     demo.add_argument("--steps", type=int, default=2000)
-    demo.add_argument("--lr", type=float, default=0.005)
+    demo.add_argument("--lr", type=float, default=0.01)
+    demo.add_argument("--lrd", type=float, default=0.998, help="learning-rate decay per step")
     demo.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.command == "demo":
         from svigraph.demo import run
-        run(steps=args.steps, lr=args.lr, seed=args.seed)
+        run(steps=args.steps, lr=args.lr, lrd=args.lrd, seed=args.seed)
     return 0
 
 

@@ -42,7 +42,7 @@ def _bar(fraction, width=24):
     return "#" * done + "." * (width - done)
 
 
-def run(steps=2000, lr=0.005, seed=0, out=sys.stdout):
+def run(steps=2000, lr=0.01, lrd=0.998, seed=0, out=sys.stdout):
     """Compile, print the plan and graph, train with progress, print the posterior."""
     torch.set_num_threads(1)  # scalar-sized tensors: threads only add overhead
     sg.clear_param_store()
@@ -53,8 +53,9 @@ def run(steps=2000, lr=0.005, seed=0, out=sys.stdout):
     print(plan, file=out)
     edges = ", ".join(f"{u}->{v}" for u, v in sorted(plan.graph.edges))
     print(f"== dependency graph: {plan.graph.number_of_nodes()} nodes; edges {edges}", file=out)
-    svi = SVI(coin_model, coin_guide, sg.optim.Adam({"lr": lr, "betas": (0.90, 0.999)}), loss)
-    print(f"== training: {steps} steps of Adam(lr={lr}) ==", file=out)
+    # a decaying learning rate (lr * lrd**step) lets the estimate settle instead of jittering
+    svi = SVI(coin_model, coin_guide, sg.optim.ClippedAdam({"lr": lr, "lrd": lrd}), loss)
+    print(f"== training: {steps} steps of ClippedAdam(lr={lr}, lrd={lrd}) ==", file=out)
     start, every = time.perf_counter(), max(1, steps // 10)
     for step in range(1, steps + 1):
         value = svi.step(FLIPS)
