@@ -28,10 +28,28 @@ def assign_estimators(graph):
     return estimators
 
 
-def elbo_terms(graph, estimators):
+def enum_factor_terms(graph, estimators):
+    """The model terms that read an enumerated value (or are one): summed out exactly.
+
+    Returns (enumerated sites, factor terms), both in program order.
+    """
+    enumerated = [n for n in sample_sites(graph) if estimators[n] == "enumerate"]
+    factors = []
+    for name in sample_sites(graph):
+        if graph.nodes[name]["model_fn"] is None:
+            continue
+        reads = any(u in enumerated and "model" in d["via"]
+                    for u, _, d in graph.in_edges(name, data=True))
+        if name in enumerated or reads:
+            factors.append(("model", name))
+    return tuple(enumerated), tuple(factors)
+
+
+def elbo_terms(graph, estimators, exclude=()):
     """The ELBO's log-prob terms in program order: guide terms (log q), then model (log p).
 
-    A site drawn from its prior contributes neither: its log p and log q cancel.
+    A site drawn from its prior contributes neither: its log p and log q cancel. Terms in
+    ``exclude`` (the factors of an enumeration) are left to the contraction.
     """
     guide, model = [], []
     for name in sample_sites(graph):
@@ -40,7 +58,7 @@ def elbo_terms(graph, estimators):
             continue
         if attrs["guide_fn"] is not None:
             guide.append(("guide", name))
-        if attrs["model_fn"] is not None:
+        if attrs["model_fn"] is not None and ("model", name) not in exclude:
             model.append(("model", name))
     return tuple(guide + model)
 

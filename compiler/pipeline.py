@@ -6,16 +6,16 @@ import functools
 import types
 
 from compiler.cache import key_hash
-from compiler.estimators import assign_estimators, elbo_terms, score_sites
+from compiler.estimators import assign_estimators, elbo_terms, enum_factor_terms, score_sites
 from compiler.plan import Plan, ScorePlan, SitePlan, TermPlan
 from compiler.rao_blackwell import cost_sets, plan_reductions, term_layout
 from compiler.schema import check_graph, param_sites
 from compiler.symbolic import build_objective
-from compiler.validate import validate_sites
+from compiler.validate import validate_enumeration, validate_sites
 
 
 def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=False,
-                 baselines=None):
+                 baselines=None, enumerate=False):
     """Compile a dependency graph into a Plan. Pure: ``graph`` is not modified.
 
     Args:
@@ -26,12 +26,16 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
         downstream_only: Rao-Blackwellize against downstream costs (TraceGraph_ELBO) rather
             than every term (Trace_ELBO). Plate slicing applies either way.
         baselines: optional pass ``graph, score_sites -> {site: BaselineSpec}``.
+        enumerate: sum out model sites marked for enumeration exactly (TraceEnum_ELBO).
     """
     check_graph(graph)
-    validate_sites(graph, can_enumerate=False)
+    validate_sites(graph, can_enumerate=enumerate)
     estimators = assign_estimators(graph)
-    terms = elbo_terms(graph, estimators)
+    enumerated, factors = enum_factor_terms(graph, estimators) if enumerate else ((), ())
+    terms = elbo_terms(graph, estimators, exclude=factors)
     scores = score_sites(graph, estimators)
+    if enumerate:
+        validate_enumeration(graph, enumerated, factors, scores)
     costs = cost_sets(graph, terms, scores, downstream_only=downstream_only)
     specs = baselines(graph, scores) if baselines else {}
     stopped = frozenset((program, site) for site, program in scores if program == "guide")
@@ -51,7 +55,9 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
                 plates=types.MappingProxyType(dict(graph.graph["plates"])),
                 sites=types.MappingProxyType(sites), params=tuple(param_sites(graph)),
                 terms=tuple(TermPlan(t, t[1], t[0], stop_gradient=t in stopped) for t in terms),
+                enum_terms=tuple(TermPlan(t, t[1], t[0]) for t in factors),
                 scores=tuple(score_plans),
                 symbolic=functools.partial(build_objective, graph, terms, scores, costs,
-                                           baselines=specs, stopped=stopped),
+                                           baselines=specs, stopped=stopped,
+                                           enum_terms=factors),
                 key=key, key_hash=key_hash(key))

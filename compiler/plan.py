@@ -95,6 +95,7 @@ class Plan:
     scores: tuple
     key: Any
     key_hash: str
+    enum_terms: tuple = ()  # model terms summed out exactly by a plated contraction
     symbolic: Any = field(default=None, compare=False, repr=False)  # () -> (objective, surrogate)
     runner: Any = field(default=None, compare=False, repr=False)
 

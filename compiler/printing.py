@@ -102,8 +102,20 @@ def format_plan(plan, source=False):
             params = ", ".join(f"{k}={v}" for k, v in (("beta", spec.beta),
                                                       ("module", spec.module_name)) if v)
             lines.append(f"    %{name} : {spec.kind}" + (f"[{params}]" if params else ""))
+    marginal = ""
+    if plan.enum_terms:
+        enumerated = [n for n, site in plan.sites.items() if site.estimator == "enumerate"]
+        factors = ", ".join(f"{t.key[0]}:{t.key[1]}" for t in plan.enum_terms)
+        plates = sorted({p for t in plan.enum_terms for p in graph.nodes[t.site]["plates"]})
+        marginal = (f"sum_product[{', '.join(enumerated)}]({factors})"
+                    + (f" over plates {', '.join(plates)}" if plates else ""))
+        lines.append("  contraction")
+        lines += _wrap("    marg = ", marginal, 11)
     lines.append("  objective")
-    lines += _wrap("    elbo      = ", format_sum(graph, [t.key for t in plan.terms]), 16)
+    elbo = format_sum(graph, [t.key for t in plan.terms])
+    if marginal:
+        elbo = "marg" if elbo == "0" else f"{elbo} + marg"
+    lines += _wrap("    elbo      = ", elbo, 16)
     if plan.scores:
         stopped = {t.key for t in plan.terms if t.stop_gradient}
         pieces = [format_sum(graph, [t.key for t in plan.terms], stopped=stopped)]

@@ -53,7 +53,8 @@ def term_expr(graph, term, keep=()):
     return _scale(graph, plates) * _sum_over(graph, _symbol(graph, term), summed)
 
 
-def build_objective(graph, terms, scores, costs, baselines=(), stopped=frozenset()):
+def build_objective(graph, terms, scores, costs, baselines=(), stopped=frozenset(),
+                    enum_terms=()):
     """(objective, surrogate) sympy expressions of a plan.
 
     Args:
@@ -62,8 +63,10 @@ def build_objective(graph, terms, scores, costs, baselines=(), stopped=frozenset
     """
     # n-ary Add: summing pairwise re-canonicalizes ever longer sums (quadratic or worse)
     signed = [(term_expr(graph, t), 1 if t[0] == "model" else -1, t) for t in terms]
-    elbo = sp.Add(*(e * sign for e, sign, _ in signed))
-    pieces = [(stop(e) if t in stopped else e) * sign for e, sign, t in signed]
+    marginal = ([sp.Function("logsumexp")(*(sp.Symbol(f"{p}:{n}") for p, n in enum_terms))]
+                if enum_terms else [])
+    elbo = sp.Add(*(e * sign for e, sign, _ in signed), *marginal)
+    pieces = marginal + [(stop(e) if t in stopped else e) * sign for e, sign, t in signed]
     for site, program in scores:
         own = term_plates(graph, (program, site))
         cost = [term_expr(graph, t, keep=own) * (1 if t[0] == "model" else -1)

@@ -35,7 +35,7 @@ def validate_sites(graph, *, can_enumerate=False):
                 "not do (its terms would silently drop out of the ELBO)",
                 [f"infer={{'enumerate': {attrs['enumerate']!r}}}", _where(attrs, "guide")],
                 "remove the enumerate flag: the site then gets a score-function estimator "
-                "(enumeration, TraceEnum_ELBO, is not implemented yet)",
+                "(guide-side enumeration is not implemented yet)",
                 site=name)
     for name in model_sites:
         attrs = graph.nodes[name]
@@ -47,8 +47,8 @@ def validate_sites(graph, *, can_enumerate=False):
                     f"model site {name!r} is marked for enumeration, which this objective "
                     "does not do",
                     [f"infer={{'enumerate': {attrs['enumerate']!r}}}", _where(attrs, "model")],
-                    "sample the site in the guide (enumeration, TraceEnum_ELBO, is not "
-                    "implemented yet)",
+                    "sum it out with TraceEnum_ELBO(max_plate_nesting=...), or sample the "
+                    "site in the guide",
                     site=name)
             continue
         if infer_option(attrs, "sample_from_prior", False):
@@ -69,3 +69,35 @@ def _where(attrs, program):
         if prog == program:
             return f"{program} site at {source}"
     return None
+
+
+def validate_enumeration(graph, enumerated, factors, scores):
+    """Refuse what model-side enumeration cannot do yet, naming the site and the fix."""
+    for name in enumerated:
+        attrs = graph.nodes[name]
+        if attrs["enumerate"] != "parallel":
+            raise EnumerationError(
+                f"site {name!r}: enumerate={attrs['enumerate']!r} is not supported yet",
+                [_where(attrs, "model")], 'use infer={"enumerate": "parallel"}', site=name)
+        if attrs["reads_value"]:
+            raise EnumerationError(
+                f"enumerated site {name!r} is read into Python (e.g. .item() or bool())",
+                ["its value holds every support value at once, so Python sees one of them",
+                 _where(attrs, "model")],
+                "compute with the tensor instead (torch.where, indexing with it), or sample "
+                "the site in the guide", site=name)
+    for name in sample_sites(graph):
+        attrs = graph.nodes[name]
+        if attrs["guide_fn"] is not None and attrs["enumerate"] is not None:
+            raise EnumerationError(
+                f"guide site {name!r} is marked for enumeration; guide-side enumeration is not "
+                "implemented yet", [_where(attrs, "guide")],
+                "enumerate the site in the model instead (drop it from the guide), or remove "
+                "the flag", site=name)
+    if factors and scores:
+        site = scores[0][0]
+        raise EnumerationError(
+            f"score-function site {site!r} together with model enumeration is not implemented "
+            "yet", [f"enumerated: {', '.join(enumerated)}"],
+            "use reparameterizable guide sites with TraceEnum_ELBO, or enumerate the discrete "
+            "guide sites in the model", site=site)

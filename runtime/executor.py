@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from compiler.errors import NonFiniteLossError, SupportError
+from compiler.enumeration import factor_from_shape, plan_contraction
+from compiler.errors import EnumerationError, NonFiniteLossError, SupportError
+from runtime.contract import execute
 
 
 @dataclass
@@ -68,6 +70,8 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         sums.append(total if term.program == "model" else -total)
     totals = torch.stack(sums) if sums else torch.zeros(0)
     elbo = totals.sum()
+    if plan.enum_terms:
+        elbo = elbo + _log_marginal(plan, records, scaled)
     surrogate = elbo.new_zeros(())
     if with_surrogate and plan.scores:
         whole = _whole_term_weights(plan, totals) @ totals.detach()
@@ -83,6 +87,43 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
 
 
 _WEIGHTS = weakref.WeakKeyDictionary()  # plan -> (scores x terms) 0/1 matrix
+_CONTRACTIONS = weakref.WeakKeyDictionary()  # plan -> its planned sum-product contraction
+
+
+def _log_marginal(plan, records, scaled):
+    """Sum the enumerated sites out of the factor terms exactly: log sum_z prod factors.
+
+    The contraction (elimination order, opt_einsum paths) is planned on a plan's first step,
+    when the factor shapes are known (the structure key fixes them), and then reused.
+    """
+    tensors, layout = {}, []
+    var_dims, var_sizes, plate_dims, plate_sizes = {}, {}, {}, {}
+    for term in plan.enum_terms:
+        site = records["model"][term.site]
+        if not (site["scale"].__class__ is float and site["scale"] == 1.0):
+            raise EnumerationError(
+                f"site {term.site!r} is scaled ({site['scale']}) inside an enumerated "
+                "contraction; subsampled or scaled plates with enumeration are not supported "
+                "yet", fix="use the full plate (no subsample_size) with TraceEnum_ELBO",
+                site=term.site)
+        lp = _log_prob(site, "model")
+        key = f"model:{term.site}"
+        tensors[key] = scaled[term.key] = lp
+        if "enum_dim" in site:
+            var_dims[term.site] = site["enum_dim"]
+            var_sizes[term.site] = site["value"].shape[0]
+        frames = [f for f in site["cond_indep_stack"] if f.dim is not None]
+        for f in frames:
+            plate_dims[f.name], plate_sizes[f.name] = f.dim, f.subsample_size
+        layout.append((key, tuple(lp.shape), tuple(f.name for f in frames)))
+    contraction = _CONTRACTIONS.get(plan)
+    if contraction is None:
+        factors = [factor_from_shape(key, shape, var_dims=var_dims, plate_dims=plate_dims,
+                                     plates=plates) for key, shape, plates in layout]
+        contraction = plan_contraction(factors, tuple(var_dims), tuple(plate_sizes),
+                                       plate_sizes=plate_sizes, var_sizes=var_sizes)
+        _CONTRACTIONS[plan] = contraction
+    return execute(contraction, tensors)
 
 
 def _whole_term_weights(plan, totals):

@@ -160,3 +160,58 @@ class seed(Messenger):
     def __enter__(self):
         set_rng_seed(self.rng_seed)
         return super().__enter__()
+
+
+class enum(Messenger):
+    """Enumerate sites marked ``infer={"enumerate": "parallel"}`` in parallel: each such site's
+    value becomes its whole support, laid along a fresh dim left of ``first_available_dim``
+    (so it broadcasts against every plate dim to its right). The dim is kept in the message
+    as ``msg["enum_dim"]``.
+    """
+
+    def __init__(self, fn=None, first_available_dim=None):
+        super().__init__(fn)
+        if first_available_dim is None or first_available_dim >= 0:
+            raise ValueError("enum needs a negative first_available_dim, e.g. "
+                             "-max_plate_nesting - 1")
+        self.first_available_dim = first_available_dim
+        self._next = first_available_dim
+
+    def __enter__(self):
+        self._next = self.first_available_dim
+        return super().__enter__()
+
+    def process_message(self, msg):
+        if (msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None
+                or msg["infer"].get("enumerate") != "parallel"):
+            return
+        fn = msg["fn"]
+        if not fn.has_enumerate_support:
+            from compiler.errors import EnumerationError
+            raise EnumerationError(
+                f"site {msg['name']!r} cannot be enumerated: {type(fn).__name__} has no finite "
+                "support", ['requested by infer={"enumerate": "parallel"}'],
+                f"remove the enumerate flag for {msg['name']!r}, or use a discrete "
+                "distribution (Categorical, Bernoulli, ...)", site=msg["name"])
+        dim = self._next
+        self._next -= 1
+        support = fn.enumerate_support(expand=False)
+        shape = (support.shape[0],) + (1,) * (-dim - 1) + tuple(fn.event_shape)
+        msg["value"] = support.reshape(shape)
+        msg["enum_dim"] = dim
+
+
+class config_enumerate(Messenger):
+    """Mark every unobserved sample site with finite support for enumeration (``default``),
+    unless the site says otherwise. Usable as ``config_enumerate(fn)`` or a decorator."""
+
+    def __init__(self, fn=None, default="parallel"):
+        super().__init__(fn)
+        if default not in ("parallel", "sequential", None):
+            raise ValueError(f"default must be 'parallel', 'sequential' or None, got {default!r}")
+        self.default = default
+
+    def process_message(self, msg):
+        if (msg["type"] == "sample" and not msg["is_observed"] and self.default is not None
+                and "enumerate" not in msg["infer"] and msg["fn"].has_enumerate_support):
+            msg["infer"] = {**msg["infer"], "enumerate": self.default}

@@ -98,3 +98,13 @@ def mean_grads(loss_fn, model, guide, params, num_samples, *args):
         out[n] = (g.mean(0), g.std(0) / num_samples ** 0.5)
     v = torch.tensor(values)
     return out, (v.mean(), v.std() / num_samples ** 0.5)
+
+
+def brute_log_marginal(model, *args):
+    """log of the sum over every assignment of the model's latent discrete sites of
+    p(assignment, data): the exact evidence of a model with no other latents."""
+    logs = []
+    for values in guide_configurations(model, *args):
+        tr = handlers.trace(handlers.condition(model, data=values)).get_trace(*args)
+        logs.append(tr.log_prob_sum())
+    return torch.logsumexp(torch.stack(logs), 0)
