@@ -31,18 +31,20 @@ def assign_estimators(graph):
 def enum_factor_terms(graph, estimators):
     """The model terms that read an enumerated value (or are one): summed out exactly.
 
-    Returns (enumerated sites, factor terms), both in program order.
+    Returns (enumerated sites in program order, {factor term: the enumerated sites it reads}).
     """
     enumerated = [n for n in sample_sites(graph) if estimators[n] == "enumerate"]
-    factors = []
+    factors = {}
     for name in sample_sites(graph):
         if graph.nodes[name]["model_fn"] is None:
             continue
-        reads = any(u in enumerated and "model" in d["via"]
-                    for u, _, d in graph.in_edges(name, data=True))
-        if name in enumerated or reads:
-            factors.append(("model", name))
-    return tuple(enumerated), tuple(factors)
+        reads = sorted(u for u, _, d in graph.in_edges(name, data=True)
+                       if u in enumerated and "model" in d["via"])
+        if name in enumerated:
+            reads.append(name)
+        if reads:
+            factors[("model", name)] = tuple(reads)
+    return tuple(enumerated), factors
 
 
 def elbo_terms(graph, estimators, exclude=()):

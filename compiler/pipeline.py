@@ -31,7 +31,7 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
     check_graph(graph)
     validate_sites(graph, can_enumerate=enumerate)
     estimators = assign_estimators(graph)
-    enumerated, factors = enum_factor_terms(graph, estimators) if enumerate else ((), ())
+    enumerated, factors = enum_factor_terms(graph, estimators) if enumerate else ((), {})
     terms = elbo_terms(graph, estimators, exclude=factors)
     scores = score_sites(graph, estimators)
     if enumerate:
@@ -55,9 +55,9 @@ def compile_plan(graph, *, loss_name, options=(), key=None, downstream_only=Fals
                 plates=types.MappingProxyType(dict(graph.graph["plates"])),
                 sites=types.MappingProxyType(sites), params=tuple(param_sites(graph)),
                 terms=tuple(TermPlan(t, t[1], t[0], stop_gradient=t in stopped) for t in terms),
-                enum_terms=tuple(TermPlan(t, t[1], t[0]) for t in factors),
+                enum_terms=tuple(TermPlan(t, t[1], t[0], reads=r) for t, r in factors.items()),
                 scores=tuple(score_plans),
                 symbolic=functools.partial(build_objective, graph, terms, scores, costs,
                                            baselines=specs, stopped=stopped,
-                                           enum_terms=factors),
+                                           enum_terms=tuple(factors)),
                 key=key, key_hash=key_hash(key))

@@ -55,6 +55,7 @@ class TermPlan:
     site: str
     program: str
     stop_gradient: bool = False
+    reads: tuple = ()  # for an enumeration factor: the enumerated sites its tensor varies with
 
 
 @dataclass(frozen=True)

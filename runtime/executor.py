@@ -115,11 +115,14 @@ def _log_marginal(plan, records, scaled):
         frames = [f for f in site["cond_indep_stack"] if f.dim is not None]
         for f in frames:
             plate_dims[f.name], plate_sizes[f.name] = f.dim, f.subsample_size
-        layout.append((key, tuple(lp.shape), tuple(f.name for f in frames)))
+        layout.append((key, tuple(lp.shape), tuple(f.name for f in frames), term.reads))
     contraction = _CONTRACTIONS.get(plan)
     if contraction is None:
-        factors = [factor_from_shape(key, shape, var_dims=var_dims, plate_dims=plate_dims,
-                                     plates=plates) for key, shape, plates in layout]
+        # each factor names only the variables it reads: under markov, one dim holds
+        # different variables at different steps
+        factors = [factor_from_shape(key, shape, var_dims={v: var_dims[v] for v in reads},
+                                     plate_dims=plate_dims, plates=plates)
+                   for key, shape, plates, reads in layout]
         contraction = plan_contraction(factors, tuple(var_dims), tuple(plate_sizes),
                                        plate_sizes=plate_sizes, var_sizes=var_sizes)
         _CONTRACTIONS[plan] = contraction

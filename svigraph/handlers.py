@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from svigraph import effects
 from svigraph.effects import Messenger
 from svigraph.primitives import plate, markov, set_rng_seed  # noqa: F401  (re-exported)
 from svigraph.trace_struct import Trace
@@ -37,8 +38,9 @@ class trace(Messenger):
         return super().__enter__()
 
     def postprocess_message(self, msg):
-        if self.param_only and msg["type"] != "param":
-            return
+        kind = msg["type"]
+        if kind not in ("sample", "param", "subsample") or (self.param_only and kind != "param"):
+            return  # control messages (markov steps) are not sites
         self.trace.add_site(msg.copy())
 
     def get_trace(self, *args, **kwargs):
@@ -175,13 +177,34 @@ class enum(Messenger):
             raise ValueError("enum needs a negative first_available_dim, e.g. "
                              "-max_plate_nesting - 1")
         self.first_available_dim = first_available_dim
-        self._next = first_available_dim
+        self._reset()
+
+    def _reset(self):
+        self._next = self.first_available_dim
+        self._free = []      # dims of values no markov step reads any more
+        self._steps = {}     # markov context -> per-step lists of dims, newest last
 
     def __enter__(self):
-        self._next = self.first_available_dim
+        self._reset()
         return super().__enter__()
 
+    def _allocate(self):
+        if self._free:
+            return self._free.pop()
+        dim = self._next
+        self._next -= 1
+        return dim
+
+    def _markov_step(self, chain, history):
+        steps = self._steps.setdefault(chain, [])
+        steps.append([])
+        while len(steps) > history + 1:  # values older than `history` steps: dims reusable
+            self._free += sorted(steps.pop(0))
+
     def process_message(self, msg):
+        if msg["type"] == "markov_step":
+            self._markov_step(*msg["args"])
+            return
         if (msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None
                 or msg["infer"].get("enumerate") != "parallel"):
             return
@@ -193,8 +216,10 @@ class enum(Messenger):
                 "support", ['requested by infer={"enumerate": "parallel"}'],
                 f"remove the enumerate flag for {msg['name']!r}, or use a discrete "
                 "distribution (Categorical, Bernoulli, ...)", site=msg["name"])
-        dim = self._next
-        self._next -= 1
+        dim = self._allocate()
+        in_chain = [h for h in effects._STACK if isinstance(h, markov) and h in self._steps]
+        if in_chain:
+            self._steps[in_chain[-1]][-1].append(dim)
         support = fn.enumerate_support(expand=False)
         shape = (support.shape[0],) + (1,) * (-dim - 1) + tuple(fn.event_shape)
         msg["value"] = support.reshape(shape)

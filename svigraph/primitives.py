@@ -245,13 +245,16 @@ def _random_subsample(size, subsample_size):
 class markov(Messenger):
     """Mark a Markov chain with ``history`` steps of memory.
 
-    Usable as a context manager or to iterate over a range (``for t in markov(range(T))``).
-    Under objectives that do not enumerate it changes nothing; enumeration will reuse its
-    dims to keep long chains linear in memory.
+    Iterate over a range, ``for t in markov(range(T))``: each step tells the enumeration
+    handler that values more than ``history`` steps old are no longer read, so their
+    enumeration dims are reused and a chain of length T costs memory linear in T. As a plain
+    context manager (or under objectives that do not enumerate) it changes nothing.
     """
 
     def __init__(self, fn=None, history=1, keep=False, dim=None, name=None):
-        self.history = history
+        if history < 0 or int(history) != history:
+            raise ValueError(f"markov history must be a non-negative integer, got {history}")
+        self.history = int(history)
         self.keep = keep
         self._iterable = None
         if fn is not None and not callable(fn):
@@ -262,8 +265,14 @@ class markov(Messenger):
         if self._iterable is None:
             raise TypeError("markov(...) is iterable only when given a range, e.g. markov(range(T))")
         for item in self._iterable:
+            if effects._STACK:
+                apply_stack(new_message("markov_step", None, _no_op, args=(self, self.history)))
             with self:
                 yield item
+
+
+def _no_op(*args):
+    return None
 
 
 def set_rng_seed(seed):
