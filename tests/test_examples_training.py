@@ -42,3 +42,9 @@ def test_sbn_elbo_improves(capsys):
     assert "nn[module=" in out  # the neural baselines are in the plan
     assert result["final_elbo"] > result["initial_elbo"] + 2.0, out
     assert result["final_elbo_no_baseline"] > result["initial_elbo_no_baseline"] + 2.0, out
+
+
+def test_hmm_example_learns():
+    """The HMM example (quick run): exact enumeration with markov improves the likelihood."""
+    result = load("hmm").main(["--quick"])
+    assert result["last"] > result["first"] + 0.3
