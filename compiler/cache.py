@@ -62,4 +62,14 @@ def describe_difference(old, new):
 
 def _site_change(a, b):
     labels = ("name", "observed", "shape", "reparameterized", "event dims", "plates", "enumerate")
-    return ", ".join(f"{label} {x} -> {y}" for label, x, y in zip(labels, a, b) if x != y)
+    return ", ".join(f"{label} {_show(x)} -> {_show(y)}"
+                     for label, x, y in zip(labels, a, b) if x != y)
+
+
+def _show(value):
+    """Plate frames as ``d[3]`` (subsample ``d[2/10]``), anything else as it prints."""
+    if isinstance(value, tuple) and value and all(hasattr(f, "subsample_size") for f in value):
+        return "(" + ", ".join(
+            f"{f.name}[{f.subsample_size}]" if f.size == f.subsample_size
+            else f"{f.name}[{f.subsample_size}/{f.size}]" for f in value) + ")"
+    return str(value)

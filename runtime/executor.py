@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from compiler.enumeration import factor_from_shape, plan_contraction
-from compiler.errors import EnumerationError, NonFiniteLossError, SupportError
+from compiler.errors import EnumerationError, NonFiniteLossError
 from runtime.contract import execute
+from runtime.terms import masked_log_prob
 
 
 @dataclass
@@ -24,24 +25,6 @@ class LossParts:
     elbo: torch.Tensor
     surrogate: torch.Tensor
     terms: dict
-
-
-def _log_prob(site, program):
-    try:
-        lp = site["fn"].log_prob(site["value"])
-    except ValueError as err:
-        fn = site["fn"]
-        raise SupportError(
-            f"{program} site {site['name']!r}: {type(fn).__name__}.log_prob failed: "
-            f"{str(err).splitlines()[0]}",
-            [f"value shape {tuple(site['value'].shape)}, batch {tuple(fn.batch_shape)}, "
-             f"event {tuple(fn.event_shape)}, support {fn.support}"],
-            "check that the value lies in the distribution's support and has the site's shape",
-            site=site["name"]) from err
-    mask = site["mask"]
-    if mask is not None:
-        lp = torch.where(mask, lp, lp.new_zeros(()))
-    return lp
 
 
 def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=None):
@@ -58,7 +41,7 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     unscaled, scaled, sums = {}, {}, []
     for term in plan.terms:
         site = records[term.program][term.site]
-        lp = _log_prob(site, term.program)
+        lp = masked_log_prob(site, term.program)
         unscaled[term.key] = lp
         scale = site["scale"]
         if site_scales and term.site in site_scales:
@@ -106,7 +89,7 @@ def _log_marginal(plan, records, scaled):
                 "contraction; subsampled or scaled plates with enumeration are not supported "
                 "yet", fix="use the full plate (no subsample_size) with TraceEnum_ELBO",
                 site=term.site)
-        lp = _log_prob(site, "model")
+        lp = masked_log_prob(site, "model")
         key = f"model:{term.site}"
         tensors[key] = scaled[term.key] = lp
         if "enum_dim" in site:
@@ -144,7 +127,7 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
     key = (score_plan.program, score_plan.site)
     score = unscaled.get(key)
     if score is None:  # a prior-sampled model site: its own term is not in the ELBO
-        score = _log_prob(records[score_plan.program][score_plan.site], score_plan.program)
+        score = masked_log_prob(records[score_plan.program][score_plan.site], score_plan.program)
     if score_plan.score_dims:
         score = score.sum(score_plan.score_dims, keepdim=True)
     cost = whole_cost  # the terms summed whole: already signed and detached
@@ -163,6 +146,8 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
 
 def check_finite(plan, parts, step=None):
     """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
+    if bool(torch.isfinite(parts.elbo + parts.surrogate)):  # one sync on the common path
+        return
     if bool(torch.isfinite(parts.elbo)):
         if bool(torch.isfinite(parts.surrogate)):
             return

@@ -60,10 +60,6 @@ def apply_stack(msg):
     return msg
 
 
-def handlers_active():
-    return bool(_STACK)
-
-
 class Messenger:
     """Base of every handler. One instance works three ways:
 

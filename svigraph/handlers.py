@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from compiler.errors import EnumerationError
 from svigraph import effects
 from svigraph.effects import Messenger
 from svigraph.primitives import plate, markov, set_rng_seed  # noqa: F401  (re-exported)
@@ -210,7 +211,6 @@ class enum(Messenger):
             return
         fn = msg["fn"]
         if not fn.has_enumerate_support:
-            from compiler.errors import EnumerationError
             raise EnumerationError(
                 f"site {msg['name']!r} cannot be enumerated: {type(fn).__name__} has no finite "
                 "support", ['requested by infer={"enumerate": "parallel"}'],

@@ -8,35 +8,8 @@ shaped) and ``log_prob_sum``.
 
 from __future__ import annotations
 
-import torch
-
-from compiler.errors import SupportError, duplicate_site
-
-
-def scale_and_mask(log_prob, scale=1.0, mask=None):
-    """Apply a site's mask (masked entries become exactly 0, even if -inf) and scale."""
-    if mask is not None and mask is not True:
-        log_prob = torch.where(mask, log_prob, log_prob.new_zeros(()))
-    if not (isinstance(scale, float) and scale == 1.0):
-        log_prob = log_prob * scale
-    return log_prob
-
-
-def site_log_prob(site):
-    """The unscaled log density of a sample site's value, errors naming the site."""
-    try:
-        return site["fn"].log_prob(site["value"])
-    except ValueError as err:
-        fn = site["fn"]
-        value = site["value"]
-        raise SupportError(
-            f"site {site['name']!r}: {type(fn).__name__}.log_prob failed: {err}".split("\n")[0],
-            [f"value shape {tuple(getattr(value, 'shape', ()))}, distribution batch "
-             f"{tuple(fn.batch_shape)} event {tuple(fn.event_shape)}, support {fn.support}"],
-            "check the observed data (or the guide's sample) lies in the support of the "
-            "distribution that scores it, and that its shape matches the site's",
-            site=site["name"],
-        ) from err
+from compiler.errors import duplicate_site
+from runtime.terms import scale_and_mask, site_log_prob  # noqa: F401  (site_log_prob re-exported)
 
 
 class Trace(dict):

@@ -12,6 +12,7 @@ import pytest
     ("runtime.executor", ("svigraph",)),
     ("runtime.baselines", ("svigraph",)),
     ("runtime.records", ("svigraph",)),
+    ("runtime.terms", ("svigraph",)),
 ])
 def test_layering(package, forbidden):
     code = (f"import sys, {package}; "

@@ -112,3 +112,29 @@ def test_render_runs_dot(monkeypatch, tmp_path):
     out = plan.render(tmp_path / "plan.png")
     assert out.read_text() == plan.to_dot()
     assert (tmp_path / "plan.png.fmt").read_text().strip() == "-Tpng"
+
+
+def _plated(x):
+    with sg.plate("d", len(x)):
+        sg.sample("x", dist.Normal(0.0, 1.0), obs=x)
+
+
+def _empty(x):
+    pass
+
+
+def test_recompile_is_explained():
+    """A new structure says what changed, in the user's words."""
+    from compiler.cache import describe_difference
+    elbo = sg.infer.TraceGraph_ELBO()
+    elbo.differentiable_loss(_plated, _empty, torch.zeros(3))
+    elbo.differentiable_loss(_plated, _empty, torch.zeros(4))
+    first, second = list(elbo._cache(_plated, _empty)._plans)
+    assert describe_difference(first, second) == (
+        "model site 'x': shape (3,) -> (4,), plates (d[3]) -> (d[4]); arguments changed")
+
+
+def test_plan_latex():
+    plan = sg.compile(_plated, _empty, torch.zeros(3))
+    assert plan.latex() == ("\\mathcal{L} = \\sum_{i_{d}=0}^{2} {model:x}_{i_{d}}\n"
+                            "\\tilde{\\mathcal{L}} = \\sum_{i_{d}=0}^{2} {model:x}_{i_{d}}")

@@ -218,3 +218,10 @@ class TestPlate:
         frames = [tr.trace[f"x_{i}"]["cond_indep_stack"][0] for i in range(3)]
         assert [f.counter for f in frames] == [0, 1, 2] and all(f.dim is None for f in frames)
         assert sg.effects._STACK == []
+
+
+def test_markov_checks_its_arguments():
+    with pytest.raises(ValueError, match="non-negative integer"):
+        sg.markov(range(3), history=-1)
+    with pytest.raises(TypeError, match="markov\\(range\\(T\\)\\)"):
+        iter(sg.markov()).__next__()

@@ -9,6 +9,7 @@ from svigraph import distributions as dist
 from svigraph.constraints import unit_interval
 from svigraph.infer import SVI, Trace_ELBO, TraceGraph_ELBO
 from tests.objectives.test_unbiased import data, plated_model
+from tests.objectives.test_unbiased import plated_guide as plain_guide
 from tests.reference import exact_grads, mean_grads
 
 
@@ -61,14 +62,6 @@ def loo_guide(data):
                   infer={"baseline": {"use_loo_baseline": True}})
 
 
-def plain_guide(data):
-    qz = sg.param("qz", torch.tensor(0.6), constraint=unit_interval)
-    qw = sg.param("qw", torch.tensor([0.3, 0.5, 0.7]), constraint=unit_interval)
-    z = sg.sample("z", dist.Bernoulli(qz))
-    with sg.plate("data", 3):
-        sg.sample("w", dist.Bernoulli(qw * (0.5 + 0.5 * z)))
-
-
 @pytest.mark.parametrize("guide", [plain_guide, loo_guide], ids=["plain", "loo"])
 def test_vectorized_particles_unbiased(guide):
     """Particles as an extra batch dim, one pass; with the leave-one-out baseline too."""
@@ -82,10 +75,10 @@ def test_vectorized_particles_unbiased(guide):
 
 def test_loo_baseline_lowers_variance():
     spread = {}
-    for guide in (plain_guide, loo_guide):
+    for name, guide in (("plain_guide", plain_guide), ("loo_guide", loo_guide)):
         elbo = TraceGraph_ELBO(num_particles=6, vectorize_particles=True, max_plate_nesting=1)
         est, _ = mean_grads(elbo.differentiable_loss, plated_model, guide, ["qz"], 600, data)
-        spread[guide.__name__] = float(est["qz"][1])
+        spread[name] = float(est["qz"][1])
     assert spread["loo_guide"] < 0.7 * spread["plain_guide"], spread
 
 
@@ -142,12 +135,7 @@ def test_decaying_baseline_state_is_the_running_average():
 
 def test_checkpoint_resume_is_bit_exact(tmp_path):
     """Params, Adam state, baseline state and RNG: a resumed run repeats the original."""
-    def guide(data):
-        qz = sg.param("qz", torch.tensor(0.6), constraint=unit_interval)
-        qw = sg.param("qw", torch.tensor([0.3, 0.5, 0.7]), constraint=unit_interval)
-        z = sg.sample("z", dist.Bernoulli(qz), infer={"baseline": {"use_decaying_avg_baseline": True}})
-        with sg.plate("data", 3):
-            sg.sample("w", dist.Bernoulli(qw * (0.5 + 0.5 * z)))
+    guide = _baseline_guide({"use_decaying_avg_baseline": True})
 
     def make():
         return SVI(plated_model, guide, sg.optim.Adam({"lr": 0.05}), TraceGraph_ELBO())
