@@ -34,7 +34,8 @@ import svigraph as sg  # noqa: E402
 from svigraph import distributions as dist  # noqa: E402
 from svigraph.constraints import positive  # noqa: E402
 
-from benchmarks.common import machine_info, print_table, pyro_version, time_steps  # noqa: E402
+from benchmarks.common import (SVIGRAPH, SVIGRAPH_JIT, TORCH, jit_loss, machine_info,  # noqa: E402
+                               pyro_version, run_workload)
 
 try:  # optional: a Pyro column when it is installed
     import pyro
@@ -50,7 +51,6 @@ FLIPS = torch.tensor([1.0] * 6 + [0.0] * 4)
 FLIP_LIST = [FLIPS[i].clone() for i in range(len(FLIPS))]   # the seed example's list data
 BASELINE = {"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.95}}
 EXACT_MEAN = 16.0 / 30.0
-TORCH = "hand-written torch"
 
 WORKLOADS = {
     "a": ("(a) pathwise, Trace_ELBO, flips in a plate", "pathwise", False),
@@ -62,9 +62,10 @@ WORKLOADS = {
 
 
 # ---- svigraph --------------------------------------------------------------------------
-def svigraph_contender(kind, loop, tag):
-    """(step, posterior_mean) for svigraph; param names carry ``tag`` so contenders built
-    in one process never share parameters."""
+def svigraph_contender(kind, loop, tag, jit=False):
+    """(step, posterior_mean) for svigraph (its JIT objective with ``jit``; None when there
+    is none); param names carry ``tag`` so contenders built in one process never share
+    parameters."""
     a_name, b_name = f"{tag}alpha_q", f"{tag}beta_q"
 
     def model(data):
@@ -84,7 +85,10 @@ def svigraph_contender(kind, loop, tag):
         else:
             sg.sample("fairness", dist.Beta(a, b).with_rsample(False), infer=BASELINE)
 
-    loss = sg.infer.Trace_ELBO() if kind == "pathwise" else sg.infer.TraceGraph_ELBO()
+    name = "Trace_ELBO" if kind == "pathwise" else "TraceGraph_ELBO"
+    loss = jit_loss("Jit" + name) if jit else getattr(sg.infer, name)()
+    if loss is None:
+        return None
     svi = sg.infer.SVI(model, guide, sg.optim.Adam({"lr": LR}), loss)
     data = FLIP_LIST if loop else FLIPS
 
@@ -199,7 +203,11 @@ def contenders(key):
     _, kind, loop = WORKLOADS[key]
     _built[0] += 1
     tag = f"bench{_built[0]}_"
-    out = {"svigraph": svigraph_contender(kind, loop, tag), TORCH: torch_contender(kind, loop)}
+    out = {SVIGRAPH: svigraph_contender(kind, loop, tag)}
+    jit = svigraph_contender(kind, loop, tag + "jit_", jit=True)
+    if jit is not None:
+        out[SVIGRAPH_JIT] = jit
+    out[TORCH] = torch_contender(kind, loop)
     p = pyro_contender(kind, loop, tag)
     if p is not None:
         out[f"pyro {pyro_version()}"] = p
@@ -234,12 +242,8 @@ def bench(key, warmup, repeats, inner, out=sys.stdout):
     title = WORKLOADS[key][0]
     torch.manual_seed(0)
     steps = {name: step for name, (step, _) in contenders(key).items()}
-    rows = time_steps(steps, warmup=warmup, repeats=repeats, inner=inner)
-    head = f"### coin {title}\n\n{repeats} repeats x {inner} steps, interleaved, 1 thread\n"
-    print(head, file=out, flush=True)
-    table = print_table(rows, TORCH, out=out)
-    print(file=out, flush=True)
-    return head + "\n" + table + "\n", rows
+    return run_workload(f"coin {title}", steps, warmup=warmup, repeats=repeats, inner=inner,
+                        out=out)
 
 
 def main(quick=False, out=sys.stdout):
@@ -251,8 +255,7 @@ def main(quick=False, out=sys.stdout):
     print(f"# coin benchmark ({'quick' if quick else 'full'})\n{machine_info()}\n"
           f"pyro: {pyro_version() or 'not installed (column skipped)'}\n", file=out, flush=True)
     for key in WORKLOADS:
-        text, _ = bench(key, warmup, repeats, inner, out=out)
-        sections.append(text)
+        sections.append(bench(key, warmup, repeats, inner, out=out))
     tol = 0.015
     lines = [f"Correctness: posterior mean after {check_steps} steps from fresh params (seed 0, "
              f"Adam lr 5e-4); exact 16/30 = {EXACT_MEAN:.4f}, the guide starts at 0.5.\n"]

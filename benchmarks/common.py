@@ -22,6 +22,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+# The clock timed blocks are read with. Wall time by default; SVIGRAPH_BENCH_CLOCK=cpu reads
+# this thread's CPU time instead, which a loaded (shared) machine disturbs much less: waiting
+# for a core is not counted, only the work itself (cache sharing still shows).
+CLOCK_NAME = os.environ.get("SVIGRAPH_BENCH_CLOCK", "wall")
+CLOCK = time.thread_time if CLOCK_NAME == "cpu" else time.perf_counter
+
 
 @dataclass
 class Timing:
@@ -59,7 +65,7 @@ def time_steps(step_fns, warmup=50, repeats=21, inner=50):
         for name in names:
             step_fns[name]()
     samples = {name: [] for name in names}
-    clock = time.perf_counter
+    clock = CLOCK
     for r in range(repeats):
         k = r % len(names)
         for name in names[k:] + names[:k]:
@@ -105,9 +111,11 @@ def print_table(rows, baseline_name, out=sys.stdout):
 def machine_info():
     """One line naming the machine, torch and the date."""
     date = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    clock = "thread CPU time" if CLOCK_NAME == "cpu" else "wall clock"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs "
             f"(benchmarks use 1 thread), Python {platform.python_version()}, "
-            f"torch {torch.__version__}, {platform.system()} {platform.release()}; {date}")
+            f"torch {torch.__version__}, {platform.system()} {platform.release()}; {date}; "
+            f"{clock}")
 
 
 def pyro_version():
@@ -117,3 +125,72 @@ def pyro_version():
     except ImportError:
         return None
     return getattr(pyro, "__version__", "?")
+
+
+TORCH = "hand-written torch"
+SVIGRAPH = "svigraph"
+SVIGRAPH_JIT = "svigraph JIT"
+
+# (workload, {contender: ratio to hand-written torch}, hand-written ms/step) for every table
+# printed by ``run_workload`` in this process: run_all's summary table reads it.
+SUMMARY = []
+
+
+def jit_loss(name, **kwargs):
+    """An instance of ``svigraph.infer.<name>`` (a JIT objective), or None when this svigraph
+    has no such class yet: the JIT row is then skipped."""
+    import svigraph as sg
+    cls = getattr(sg.infer, name, None)
+    return None if cls is None else cls(**kwargs)
+
+
+def pyro_row_name():
+    return f"pyro {pyro_version()}"
+
+
+def checked(step, name, out=sys.stdout):
+    """``step`` after one trial call, or None (with a note) when the contender fails: a
+    missing feature in one contender must not stop the others' timings."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - reported, the row is skipped
+        print(f"  ({name} skipped: {type(err).__name__}: {str(err).splitlines()[0][:160]})",
+              file=out, flush=True)
+        return None
+    return step
+
+
+def run_workload(title, steps, *, warmup, repeats, inner, out=sys.stdout, note=""):
+    """Time ``steps`` ({name: step}) interleaved; print and return the markdown section.
+
+    Contenders whose first step raises are dropped with a note; the ratio column divides by
+    the hand-written torch contender, which must be present.
+    """
+    kept = {}
+    for name, step in steps.items():
+        if step is not None and checked(step, name, out) is not None:
+            kept[name] = step
+    rows = time_steps(kept, warmup=warmup, repeats=repeats, inner=inner)
+    head = f"### {title}\n\n{repeats} repeats x {inner} steps, interleaved, 1 thread" + \
+        (f"; {note}" if note else "") + "\n"
+    print(head, file=out, flush=True)
+    table = print_table(rows, TORCH, out=out)
+    print(file=out, flush=True)
+    base = rows[TORCH].median
+    SUMMARY.append((title, {name: t.median / base for name, t in rows.items()}, base))
+    return head + "\n" + table + "\n"
+
+
+def summary_table(entries=None):
+    """One markdown table: every workload's ratios to hand-written torch, side by side."""
+    entries = SUMMARY if entries is None else entries
+    columns = [SVIGRAPH, SVIGRAPH_JIT]
+    for _, ratios, _ in entries:
+        columns += [name for name in ratios if name not in columns and name != TORCH]
+    lines = ["| workload | hand-written torch (ms/step) | "
+             + " | ".join(f"{c} (×)" for c in columns) + " |",
+             "| --- | ---: | " + " | ".join("---:" for _ in columns) + " |"]
+    for title, ratios, base in entries:
+        cells = [f"{ratios[c]:.2f}" if c in ratios else "–" for c in columns]
+        lines.append(f"| {title} | {base:.3f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Run every benchmark module's ``main(quick)`` and write ``benchmarks/results.md``.
 
 A benchmark module is any ``benchmarks/*.py`` (other than ``common`` and ``run_all``) that
-defines ``main(quick=False, out=sys.stdout)`` returning its markdown section.
+defines ``main(quick=False, out=sys.stdout)`` returning its markdown section. The file starts
+with one summary table of every workload's ratios to hand-written torch, then each module's
+section with the full tables.
 
-Run: python benchmarks/run_all.py [--quick] [--output PATH]
+Run: python benchmarks/run_all.py [--quick] [--only coin,gmm,...] [--output PATH]
 """
 
 from __future__ import annotations
@@ -20,33 +22,42 @@ _ROOT = os.path.dirname(_HERE)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from benchmarks.common import machine_info, pyro_version  # noqa: E402
+from benchmarks.common import SUMMARY, machine_info, pyro_version, summary_table  # noqa: E402
 
 _SKIP = {"common", "run_all", "__init__"}
 
 
-def benchmark_modules():
-    """The benchmark modules, imported, in name order."""
-    names = sorted(m.name for m in pkgutil.iter_modules([_HERE]) if m.name not in _SKIP)
+# Per-step timings first (in this order), then whatever else defines main().
+_ORDER = ("coin", "gmm", "chain", "sbn", "hmm", "vae")
+
+
+def benchmark_modules(only=None):
+    """The benchmark modules, imported: the per-step ones in ``_ORDER``, then the rest by name."""
+    names = [m.name for m in pkgutil.iter_modules([_HERE]) if m.name not in _SKIP]
+    names.sort(key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    if only:
+        names = [n for n in names if n in only]
     modules = [importlib.import_module(f"benchmarks.{name}") for name in names]
     return [m for m in modules if callable(getattr(m, "main", None))]
 
 
-def main(quick=False, output=os.path.join(_HERE, "results.md")):
+def main(quick=False, output=os.path.join(_HERE, "results.md"), only=None):
     start = time.perf_counter()
     sections = []
-    for module in benchmark_modules():
+    for module in benchmark_modules(only):
         print(f"== {module.__name__} ==", flush=True)
         sections.append(module.main(quick=quick))
     seconds = time.perf_counter() - start
     header = ["# svigraph benchmark results", "",
               f"- machine: {machine_info()}",
               f"- pyro: {pyro_version() or 'not installed (Pyro columns skipped)'}",
-              f"- run: `python benchmarks/run_all.py{' --quick' if quick else ''}` "
-              f"({seconds:.0f} s)",
+              f"- run: `python benchmarks/run_all.py{' --quick' if quick else ''}"
+              f"{' --only ' + ','.join(only) if only else ''}` ({seconds:.0f} s)",
               "- ms/step: median over the repeats of (block time / steps in block); IQR: "
               "interquartile range of the same; ratio: median / hand-written torch's median",
-              ""]
+              "",
+              "## summary: per-step time as a multiple of hand-written torch (lower is better)",
+              "", summary_table(SUMMARY), ""]
     with open(output, "w") as f:
         f.write("\n".join(header) + "\n" + "\n".join(sections))
     print(f"wrote {output} ({seconds:.0f} s)")
@@ -55,6 +66,7 @@ def main(quick=False, output=os.path.join(_HERE, "results.md")):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="run all benchmarks, write results.md")
     parser.add_argument("--quick", action="store_true", help="short runs")
+    parser.add_argument("--only", default="", help="comma-separated module names, e.g. coin,gmm")
     parser.add_argument("--output", default=os.path.join(_HERE, "results.md"))
     args = parser.parse_args()
-    main(args.quick, args.output)
+    main(args.quick, args.output, [n for n in args.only.split(",") if n] or None)

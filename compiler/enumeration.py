@@ -21,7 +21,11 @@ Every contraction is planned here, at compile time: the einsum equation, the opt
 because ``contract_path``'s report costs O(n^2) in the operand count: 9 s for a 10,000-step
 chain), the equation of each pairwise contraction along the path, its kernel and the peak
 size. An einsum's output lists the step's result dims, then the plates it reduces after.
-``runtime.contract.execute`` runs the plan.
+A component whose variables form a long homogeneous Markov chain is contracted instead by a
+parallel scan (``compiler.enumeration_scan``: stacked step matrices multiplied pairwise in
+log2 T rounds); ``scan=False`` asks for plain elimination everywhere.
+``runtime.contract.execute`` runs the plan; scales of subsampled plates are given to it at
+run time and apply where a step reduces the plate.
 
 Example:
     >>> factors = [Factor("f0", ("a",)), Factor("f1", ("a", "b", "i")),
@@ -30,6 +34,7 @@ Example:
     ...     plate_sizes={"i": 3, "j": 4}, var_sizes={"a": 2, "b": 2, "c": 2})
     >>> print(format_contraction_plan(plan))
     contraction: logsumexp a[2] b[2] c[2]; sum plates i[3] j[4] -> []
+      strategy: sequential elimination   peak 48 elements
       inputs
         f0 : [a]
         f1 : [a,b,i]
@@ -46,16 +51,17 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import cached_property
 from typing import NamedTuple
 
-import networkx as nx
 import opt_einsum
 
+from compiler.enumeration_print import format_contraction_plan
+from compiler.enumeration_reference import naive_sum_product  # noqa: F401  (kept importable)
+from compiler.enumeration_scan import SCAN_MIN_LENGTH, ScanSpec, plan_scan
 from compiler.errors import EnumerationError, close_matches
 
 # Pairwise contractions whose joint index space is at most this many elements run as an exact
@@ -129,8 +135,10 @@ class ContractionStep:
             indices of the equation's output, in this order.
         ordinal: the plates the step runs inside (sorted).
         equation: the whole einsum over ``ContractionPlan.symbols``.
-        ops: the pairwise contractions along the opt_einsum path.
+        ops: the pairwise contractions along the opt_einsum path (empty for a scan).
         peak_elements: the largest tensor the step materializes.
+        scan: a ScanSpec when the step contracts a homogeneous chain by a parallel scan
+            instead of walking ``ops`` (see ``compiler.enumeration_scan``), else None.
     """
 
     inputs: tuple
@@ -142,6 +150,7 @@ class ContractionStep:
     equation: str
     ops: tuple
     peak_elements: int
+    scan: ScanSpec | None = None
 
     @property
     def path(self):
@@ -163,6 +172,8 @@ class ContractionPlan:
         result: the name of the combined result; ``dims`` its labels.
         sizes, symbols: ``(label, size)`` and ``(label, einsum symbol)`` pairs.
         sum_vars, plates: the variables summed out and the plates reduced, sorted.
+        result_inputs: per entry of ``results``, the names of the factors it was computed
+            from (a scale common to them is applied to that result, outside every logsumexp).
 
     Identity-hashed (``eq=False``) so the runtime can cache per plan cheaply.
     """
@@ -177,6 +188,15 @@ class ContractionPlan:
     symbols: tuple
     sum_vars: tuple
     plates: tuple
+    result_inputs: tuple = ()
+
+    @cached_property
+    def strategy(self):
+        """"sequential elimination", or "parallel scan (n chains) + elimination"."""
+        scans = sum(s.scan is not None for s in self.steps)
+        if not scans:
+            return "sequential elimination"
+        return f"parallel scan ({scans} chain{'s' if scans > 1 else ''}) + elimination"
 
     @cached_property
     def peak_elements(self):
@@ -192,6 +212,7 @@ class _Operand(NamedTuple):
     name: str
     dims: tuple
     ordinal: frozenset
+    sources: frozenset = frozenset()  # the factors it was computed from
 
 
 class _Context(NamedTuple):
@@ -203,12 +224,14 @@ class _Context(NamedTuple):
     ordinals: dict
     optimize: str
     broadcast_limit: int
+    scan_min_length: int | None  # None: never scan
+    inputs: dict  # factor name -> PlanInput
 
 
 # ---- the public planner ---------------------------------------------------------------------
 
 def plan_contraction(factors, sum_vars, plates, *, plate_sizes, var_sizes, output=None,
-                     optimize="auto", broadcast_limit=BROADCAST_LIMIT):
+                     optimize="auto", broadcast_limit=BROADCAST_LIMIT, scan="auto"):
     """Plan the log of the plated sum-product of ``factors``. Pure.
 
     Args:
@@ -220,6 +243,9 @@ def plan_contraction(factors, sum_vars, plates, *, plate_sizes, var_sizes, outpu
         output: the order of the result's dims (default: first appearance).
         optimize: an opt_einsum path strategy ("auto", "greedy", "optimal", ...).
         broadcast_limit: the largest joint index space contracted exactly by broadcasting.
+        scan: "auto" contracts a homogeneous Markov chain of at least ``SCAN_MIN_LENGTH``
+            variables by a parallel scan (``compiler.enumeration_scan``); True does so for
+            any chain of 2 or more; False always plans plain sequential elimination.
 
     Returns:
         A ContractionPlan.
@@ -238,19 +264,22 @@ def plan_contraction(factors, sum_vars, plates, *, plate_sizes, var_sizes, outpu
     sum_vars, reduce = frozenset(sum_vars), frozenset(plates)
     _check_names(sum_vars, var_sizes, "variable", "sum_vars")
     _check_names(reduce, plate_sizes, "plate", "plates")
-    operands = [_Operand(p.name, p.dims, frozenset(d for d in p.dims if d in plate_sizes))
-                for p in inputs]
+    operands = [_Operand(p.name, p.dims, frozenset(d for d in p.dims if d in plate_sizes),
+                         frozenset((p.name,))) for p in inputs]
     ordinals = _var_ordinals(operands, var_sizes)
     _check_sum_vars_used(sum_vars, ordinals, var_sizes)
     _check_kept_vars(ordinals, sum_vars, reduce)
+    min_length = {"auto": SCAN_MIN_LENGTH, True: 2, False: None}[scan]
     ctx = _Context(sizes, _assign_symbols(factors), dict(plate_sizes), sum_vars, reduce,
-                   ordinals, optimize, broadcast_limit)
+                   ordinals, optimize, broadcast_limit, min_length,
+                   {p.name: p for p in inputs})
     steps, results = _eliminate(operands, ctx)
     combine, result, dims = _combine(results, output, len(steps), ctx)
+    names = [p.name for p in inputs]
     return ContractionPlan(
         inputs, tuple(steps), tuple((r.name, r.dims) for r in results), combine, result, dims,
         tuple(sorted(sizes.items())), tuple(ctx.symbols.items()), tuple(sorted(sum_vars)),
-        tuple(sorted(reduce)))
+        tuple(sorted(reduce)), tuple(tuple(n for n in names if n in r.sources) for r in results))
 
 
 def factor_from_shape(name, shape, *, var_dims, plate_dims, plates=()):
@@ -384,7 +413,11 @@ def _var_ordinals(operands, var_sizes):
     for op in operands:
         for d in op.dims:
             if d in var_sizes:
-                ordinals[d] = ordinals.get(d, op.ordinal) & op.ordinal
+                seen = ordinals.get(d)
+                if seen is None:
+                    ordinals[d] = op.ordinal
+                elif seen != op.ordinal:
+                    ordinals[d] = seen & op.ordinal
     return ordinals
 
 
@@ -419,14 +452,28 @@ def _eliminate(operands, ctx):
 
 
 def _components(operands, local):
-    """Split operands into connected components linked by the local variables.
-    Time: O(total dims) with networkx."""
-    graph = nx.Graph()
-    graph.add_nodes_from(range(len(operands)))
-    graph.add_edges_from((i, ("var", d)) for i, op in enumerate(operands)
-                         for d in op.dims if d in local)
-    groups = (sorted(n for n in c if isinstance(n, int)) for c in nx.connected_components(graph))
-    return [[operands[i] for i in g] for g in sorted(groups)]
+    """Split operands into connected components linked by the local variables, in order of
+    their first operand. Time: O(total dims), by union-find over the operands."""
+    parent = list(range(len(operands)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner = {}
+    for i, op in enumerate(operands):
+        for d in op.dims:
+            if d in local:
+                j = owner.setdefault(d, i)
+                a, b = root(i), root(j)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    groups = defaultdict(list)
+    for i, op in enumerate(operands):
+        groups[root(i)].append(op)
+    return [groups[r] for r in sorted(groups)]
 
 
 def _destination(group, local, leaf, ctx):
@@ -467,17 +514,26 @@ def _contract(group, local, reduce, target, name, ctx, leaf):
     reduced = tuple(d for d in keep if d in reduce)
     pre = tuple(d for d in keep if d not in reduce) + reduced
     dims = pre[:len(pre) - len(reduced)]
-    out = _Operand(name, dims, frozenset(d for d in dims if d in ctx.plate_sizes))
+    out = _Operand(name, dims, frozenset(d for d in dims if d in ctx.plate_sizes),
+                   frozenset().union(*(op.sources for op in group)))
     unchanged = len(group) == 1 and pre == group[0].dims
     if unchanged and not reduced:
         return group[0], None
     subs = [_subscripts(op.dims, ctx) for op in group]
     out_subs = _subscripts(pre, ctx)
-    ops = () if unchanged else _pairwise_ops(subs, out_subs, _path(subs, out_subs, ctx), ctx)
-    peak = max([_numel(pre, ctx)] + [op.peak_elements for op in ops])
+    scan = None
+    if ctx.scan_min_length is not None and len(group) > 1:
+        scan = plan_scan(group, set(eliminate), pre, ctx.sizes, ctx.broadcast_limit,
+                         ctx.scan_min_length, ctx.inputs)
+    if scan is not None:
+        ops, peak = (), max(scan.peak_elements, _numel(pre, ctx))
+    else:
+        ops = () if unchanged else _pairwise_ops(subs, out_subs, _path(subs, out_subs, ctx),
+                                                 ctx)
+        peak = max([_numel(pre, ctx)] + [op.peak_elements for op in ops])
     step = ContractionStep(
         tuple(op.name for op in group), name, dims, eliminate, reduced, tuple(sorted(leaf)),
-        ",".join(subs) + "->" + out_subs, ops, peak)
+        ",".join(subs) + "->" + out_subs, ops, peak, scan)
     return out, step
 
 
@@ -567,93 +623,3 @@ def _combine(results, output, n_steps, ctx):
                            ",".join(subs) + "->" + out_subs, ops,
                            max([_numel(dims, ctx)] + [op.peak_elements for op in ops]))
     return step, name, dims
-
-
-# ---- the naive reference (tests only) ----------------------------------------------------------
-
-def naive_sum_product(factors, tensors, sum_vars, plates, *, plate_sizes, var_sizes):
-    """Brute force, for tests: ``{output index: log value}`` over the kept labels.
-
-    Every summed variable gets one copy per slice of its plates (those shared by all its
-    factors); the sum runs over every joint assignment of every copy, and each factor is
-    multiplied in once per slice of the reduced plates it lives in. Kept labels (variables
-    not summed, plates not reduced) index the output, each slice an independent problem.
-    Pure Python on anything indexable by a tuple; time exponential in the number of copies.
-    """
-    plates = frozenset(plates)
-    kept = [d for d in dict.fromkeys(d for f in factors for d in f.dims + f.plates)
-            if d is not None and d not in plates and d not in sum_vars]
-    sizes = {**var_sizes, **plate_sizes}
-    return {idx: _naive_total(factors, tensors, dict(zip(kept, idx)), sum_vars, plates,
-                              plate_sizes, var_sizes)
-            for idx in itertools.product(*(range(sizes[d]) for d in kept))}
-
-
-def _naive_total(factors, tensors, fixed, sum_vars, plates, plate_sizes, var_sizes):
-    lives = [tuple(p for p in dict.fromkeys(f.dims + f.plates) if p in plates) for f in factors]
-    ordinal = {}
-    for f, ps in zip(factors, lives):
-        for d in f.dims:
-            if d in sum_vars:
-                ordinal[d] = tuple(p for p in ordinal.get(d, ps) if p in ps)
-    copies = [(v, idx) for v, ps in sorted(ordinal.items())
-              for idx in itertools.product(*(range(plate_sizes[p]) for p in ps))]
-    logs = []
-    for values in itertools.product(*(range(var_sizes[v]) for v, _ in copies)):
-        chosen = dict(zip(copies, values))
-        total = 0.0
-        for f, tensor, ps in zip(factors, tensors, lives):
-            for slice_ in itertools.product(*(range(plate_sizes[p]) for p in ps)):
-                at = {**fixed, **dict(zip(ps, slice_))}
-                index = tuple(0 if d is None else at[d] if d in at else
-                              chosen[d, tuple(at[p] for p in ordinal[d])] for d in f.dims)
-                total += float(tensor[index])
-        logs.append(total)
-    top = max(logs)
-    return top + math.log(sum(math.exp(x - top) for x in logs)) if top > -math.inf else top
-
-
-# ---- printing --------------------------------------------------------------------------------
-
-def format_contraction_plan(plan):
-    """The plan as text: header, inputs, one line per step with its einsum, path and peak.
-    Pure; O(size of the plan), with long equations and paths shortened."""
-    sizes = dict(plan.sizes)
-    head = [f"{v}[{sizes[v]}]" for v in plan.sum_vars]
-    lines = [f"contraction: logsumexp {' '.join(head) or '(nothing)'}; sum plates "
-             f"{' '.join(f'{p}[{sizes[p]}]' for p in plan.plates) or '(none)'} "
-             f"-> {_dims(plan.dims)}"]
-    symbols = dict(plan.symbols)
-    if any(k != v for k, v in symbols.items()):
-        lines.append("  symbols " + " ".join(f"{v}={k}" for k, v in symbols.items()))
-    lines.append("  inputs")
-    lines += [f"    {p.name} : {_dims(p.dims)}" for p in plan.inputs]
-    lines.append("  steps")
-    for step in plan.steps + ((plan.combine,) if plan.combine else ()):
-        lines += _format_step(step)
-    lines.append(f"  result {plan.result} : {_dims(plan.dims)}")
-    return "\n".join(lines)
-
-
-def _format_step(step):
-    expr = " + ".join(step.inputs)
-    if step.eliminate:
-        expr = f"logsumexp[{','.join(step.eliminate)}]({expr})"
-    if step.reduce_plates:
-        expr = f"sum[{','.join(step.reduce_plates)}]({expr})"
-    head = f"    {step.output} : {_dims(step.dims)} = {expr}"
-    if step.ordinal:
-        head = f"{head:<63} in ({','.join(step.ordinal)})"
-    equation = step.equation if len(step.equation) <= 60 else (
-        f"{step.equation[:50]}...  ({len(step.inputs)} operands)")
-    path = list(step.path)
-    path_text = str(path) if len(path) <= 4 else (
-        f"[{', '.join(map(str, path[:3]))}, ...]  ({len(path)} contractions)")
-    einsums = sum(op.kernel == "einsum" for op in step.ops)
-    kernels = f"   {einsums} shifted einsum" if einsums else ""
-    return [head, f'        einsum "{equation}"   path {path_text}   '
-                  f"peak {step.peak_elements} elements{kernels}"]
-
-
-def _dims(dims):
-    return "[" + ",".join(dims) + "]"

@@ -77,6 +77,14 @@ class EnumerationError(SvigraphError, ValueError):
     """A site cannot be enumerated as asked (no finite support, or the objective cannot)."""
 
 
+class SvigraphWarning(UserWarning):
+    """Base class of svigraph's warnings."""
+
+
+class EnumerationWarning(SvigraphWarning):
+    """An enumerating objective found nothing to enumerate."""
+
+
 class TracingError(SvigraphError, RuntimeError):
     """Running the model or guide under the tracer failed, or they broke a tracing rule."""
 
@@ -96,11 +104,20 @@ def duplicate_site(name):
         f'give each its own name; in a loop, e.g. sg.sample(f"{name}_{{i}}", ...)', site=name)
 
 
+class MeanFieldError(SvigraphError, ValueError):
+    """An analytic KL term (TraceMeanField_ELBO) cannot stand in for log p - log q here.
+
+    Causes: a latent's model distribution depends on another latent (the model is not
+    mean-field: use Trace_ELBO or TraceGraph_ELBO), or a site's distribution families changed
+    since its plan was compiled so that the compiled KL rule no longer applies.
+    """
+
+
 class ParamError(SvigraphError, ValueError):
     """A parameter is used in a way its store cannot honour (no init, constraint clash)."""
 
 
 # The public home of these classes is svigraph.errors: print them under that name.
 for _cls in list(globals().values()):
-    if isinstance(_cls, type) and issubclass(_cls, SvigraphError):
+    if isinstance(_cls, type) and issubclass(_cls, (SvigraphError, SvigraphWarning)):
         _cls.__module__ = "svigraph.errors"

@@ -31,6 +31,8 @@ class SitePlan:
             or "prior" (a model latent drawn from its prior, by explicit opt-in).
         cost: the terms a score-function site is Rao-Blackwellized against.
         baseline: a BaselineSpec or None.
+        note: a compiler remark for the printed plan (the analytic KL rule used, or why a
+            site kept Monte Carlo terms).
     """
 
     name: str
@@ -40,6 +42,7 @@ class SitePlan:
     baseline: Optional[BaselineSpec] = None
     enum_dim: Optional[int] = None
     source: tuple = ()
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,8 @@ class Plan:
     key: Any
     key_hash: str
     enum_terms: tuple = ()  # model terms summed out exactly by a plated contraction
+    kl_terms: tuple = ()  # ("kl", site) terms: analytic KL(q || p), entering the ELBO negated
+    guide_enum: tuple = ()  # guide sites enumerated in parallel: the ELBO is weighted by q
     symbolic: Any = field(default=None, compare=False, repr=False)  # () -> (objective, surrogate)
     runner: Any = field(default=None, compare=False, repr=False)
 

@@ -102,23 +102,34 @@ def format_plan(plan, source=False):
             params = ", ".join(f"{k}={v}" for k, v in (("beta", spec.beta),
                                                       ("module", spec.module_name)) if v)
             lines.append(f"    %{name} : {spec.kind}" + (f"[{params}]" if params else ""))
+    notes = [(n, s.note) for n, s in plan.sites.items() if s.note]
+    if notes:
+        lines.append("  notes")
+        for name, note in notes:
+            lines += _wrap(f"    %{name} : ", note, 8)
     marginal = ""
     if plan.enum_terms:
-        enumerated = [n for n, site in plan.sites.items() if site.estimator == "enumerate"]
+        enumerated = [n for n, site in plan.sites.items() if site.estimator == "enumerate"
+                      and graph.nodes[n]["guide_fn"] is None]  # the guide's are kept
         factors = ", ".join(f"{t.key[0]}:{t.key[1]}" for t in plan.enum_terms)
         plates = sorted({p for t in plan.enum_terms for p in graph.nodes[t.site]["plates"]})
         marginal = (f"sum_product[{', '.join(enumerated)}]({factors})"
                     + (f" over plates {', '.join(plates)}" if plates else ""))
         lines.append("  contraction")
         lines += _wrap("    marg = ", marginal, 11)
+    if plan.guide_enum:
+        lines.append("  expectation")
+        lines += _wrap("    ", f"E_q[{', '.join(plan.guide_enum)}]: each term (and marg) "
+                       "weighted by q of the enumerated values it varies with", 4)
     lines.append("  objective")
-    elbo = format_sum(graph, [t.key for t in plan.terms])
+    elbo = format_sum(graph, [t.key for t in plan.terms + plan.kl_terms])
     if marginal:
         elbo = "marg" if elbo == "0" else f"{elbo} + marg"
     lines += _wrap("    elbo      = ", elbo, 16)
     if plan.scores:
         stopped = {t.key for t in plan.terms if t.stop_gradient}
-        pieces = [format_sum(graph, [t.key for t in plan.terms], stopped=stopped)]
+        pieces = [format_sum(graph, [t.key for t in plan.terms + plan.kl_terms],
+                             stopped=stopped)]
         for score in plan.scores:
             own = term_plates(graph, (score.program, score.site))
             cost = format_sum(graph, plan.sites[score.site].cost, keep=own)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sympy as sp
 
 stop = sp.Function("stop")
+KL = sp.Function("KL")
 
 
 def term_plates(graph, term):
@@ -22,9 +23,20 @@ def _index(plate):
     return sp.Symbol(f"i_{plate}", integer=True, nonnegative=True)
 
 
+def term_name(term):
+    """``model:obs``, ``guide:z``, or ``KL(q_z||p_z)`` for an analytic KL term."""
+    return f"KL(q_{term[1]}||p_{term[1]})" if term[0] == "kl" else f"{term[0]}:{term[1]}"
+
+
 def _symbol(graph, term):
     plates = term_plates(graph, term)
-    name = f"{term[0]}:{term[1]}"
+    if term[0] == "kl":  # KL(q_z, p_z): a function of the two distributions, per plate index
+        q, p = f"q_{term[1]}", f"p_{term[1]}"
+        if not plates:
+            return KL(sp.Symbol(q), sp.Symbol(p))
+        index = tuple(_index(pl) for pl in plates)
+        return KL(sp.IndexedBase(q)[index], sp.IndexedBase(p)[index])
+    name = term_name(term)
     if not plates:
         return sp.Symbol(name)
     return sp.IndexedBase(name)[tuple(_index(p) for p in plates)]
@@ -81,7 +93,7 @@ def build_objective(graph, terms, scores, costs, baselines=(), stopped=frozenset
 
 def format_term(graph, term, keep=()):
     plates = [p for p in term_plates(graph, term) if p not in keep]
-    text = f"{term[0]}:{term[1]}"
+    text = term_name(term)
     for plate in reversed(plates):
         text = f"sum[{plate}]({text})"
     return text

@@ -71,33 +71,77 @@ def _where(attrs, program):
     return None
 
 
-def validate_enumeration(graph, enumerated, factors, scores):
-    """Refuse what model-side enumeration cannot do yet, naming the site and the fix."""
-    for name in enumerated:
+def validate_enumeration(graph, estimators, factors, scores):
+    """Refuse enumeration that cannot be computed exactly, naming the site and the fix.
+
+    Args:
+        estimators: site -> estimator (``assign_estimators``).
+        factors: the contraction's factor terms; ``scores``: the score-function sites.
+    """
+    from compiler.estimators import enumerate_flag
+    model_enum = []
+    for name, est in estimators.items():
+        if est != "enumerate":
+            continue
         attrs = graph.nodes[name]
-        if attrs["enumerate"] != "parallel":
+        mode, side = enumerate_flag(attrs), "guide" if attrs["guide_fn"] else "model"
+        if mode not in ("parallel", "sequential"):
             raise EnumerationError(
-                f"site {name!r}: enumerate={attrs['enumerate']!r} is not supported yet",
-                [_where(attrs, "model")], 'use infer={"enumerate": "parallel"}', site=name)
+                f"site {name!r}: enumerate={mode!r} is not a mode",
+                [_where(attrs, side)], 'use infer={"enumerate": "parallel"} or "sequential"',
+                site=name)
+        if mode == "sequential":
+            _check_sequential(name, attrs, side)
+            continue
         if attrs["reads_value"]:
             raise EnumerationError(
                 f"enumerated site {name!r} is read into Python (e.g. .item() or bool())",
                 ["its value holds every support value at once, so Python sees one of them",
-                 _where(attrs, "model")],
-                "compute with the tensor instead (torch.where, indexing with it), or sample "
-                "the site in the guide", site=name)
-    for name in sample_sites(graph):
-        attrs = graph.nodes[name]
-        if attrs["guide_fn"] is not None and attrs["enumerate"] is not None:
-            raise EnumerationError(
-                f"guide site {name!r} is marked for enumeration; guide-side enumeration is not "
-                "implemented yet", [_where(attrs, "guide")],
-                "enumerate the site in the model instead (drop it from the guide), or remove "
-                "the flag", site=name)
-    if factors and scores:
-        site = scores[0][0]
+                 _where(attrs, side)],
+                'compute with the tensor instead (torch.where, indexing with it), or use '
+                'infer={"enumerate": "sequential"} in the guide', site=name)
+        if side == "model":
+            model_enum.append(name)
+    _check_enumeration_nesting(graph, estimators, model_enum)
+
+
+def _check_sequential(name, attrs, side):
+    if side == "model":
         raise EnumerationError(
-            f"score-function site {site!r} together with model enumeration is not implemented "
-            "yet", [f"enumerated: {', '.join(enumerated)}"],
-            "use reparameterizable guide sites with TraceEnum_ELBO, or enumerate the discrete "
-            "guide sites in the model", site=site)
+            f"model site {name!r} is marked for sequential enumeration, which is done in the "
+            "guide only", [_where(attrs, "model")],
+            'enumerate it in parallel (infer={"enumerate": "parallel"}), or sample it in the '
+            'guide with infer={"enumerate": "sequential"}', site=name)
+    plates = attrs["guide_plates"]
+    batch = attrs["batch_shape"]
+    if plates or any(n != 1 for n in batch):
+        raise EnumerationError(
+            f"guide site {name!r} is enumerated sequentially but is batched: one run per value "
+            "would give every element the same value",
+            [f"plates {plates or '()'}, batch shape {tuple(batch)}", _where(attrs, "guide")],
+            'use infer={"enumerate": "parallel"} for a site in a plate (or iterate the plate '
+            "sequentially: for i in sg.plate(...))", site=name, plate=plates[0] if plates else None,
+            shapes={"batch": tuple(batch)})
+
+
+def _check_enumeration_nesting(graph, estimators, model_enum):
+    """Guide enumeration must be no more local than model enumeration: the contraction
+    keeps the guide's enumerated values, so each must live outside every plate that a
+    model-enumerated value's factors are multiplied over."""
+    from compiler.estimators import enumerated_sites
+    if not model_enum:
+        return
+    common = frozenset.intersection(*(frozenset(graph.nodes[m]["plates"]) for m in model_enum))
+    for name in enumerated_sites(graph, estimators, "guide"):
+        attrs = graph.nodes[name]
+        outside = [p for p in attrs["guide_plates"] if p not in common]
+        if outside:
+            upstream = next(m for m in model_enum if outside[0] not in graph.nodes[m]["plates"])
+            raise EnumerationError(
+                f"guide site {name!r} is enumerated inside plate {outside[0]!r}, but model "
+                f"site {upstream!r} is enumerated outside it",
+                [f"guide {name!r}: plates {attrs['guide_plates']}; model {upstream!r}: plates "
+                 f"{graph.nodes[upstream]['plates'] or '()'}",
+                 "summing the model site out couples every slice of the guide site"],
+                f"enumerate {upstream!r} in the guide too, or sample {name!r} without "
+                "enumeration", site=name, plate=outside[0])

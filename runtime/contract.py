@@ -17,6 +17,7 @@ is cached beside it (weakly, by identity).
 
 from __future__ import annotations
 
+import math
 import weakref
 from functools import lru_cache
 from typing import Mapping
@@ -24,44 +25,100 @@ from typing import Mapping
 import opt_einsum
 import torch
 
-from compiler.errors import ShapeMismatchError
+from compiler.errors import EnumerationError, ShapeMismatchError
+from runtime.scan import run_scan
 
 _PROGRAMS = weakref.WeakKeyDictionary()
 
 
-def execute(plan, tensors):
+def execute(plan, tensors, *, plate_scales=None, factor_scales=None):
     """The log of the plated sum-product, a tensor over ``plan.dims``.
 
     Args:
         plan: a ContractionPlan.
         tensors: the log-factor tensors: a mapping by factor name, or a sequence in the
-            order of ``plan.inputs``.
+            order of ``plan.inputs``. Masked entries should already be 0 (masks act inside
+            every logsumexp).
+        plate_scales: plate -> scale (``size / subsample_size`` for a subsampled plate). The
+            product over a plate is estimated by the product over its slices to that power:
+            in log space the sum over the plate's dim is multiplied by the scale, where the
+            step reduces the plate, inside the logsumexp of every variable outside the plate.
+        factor_scales: factor name -> a scale that no plate explains (``handlers.scale``).
+            It multiplies the partial result its factor contributes to, outside every
+            logsumexp; the factors of one result must share it.
+
+    What is computed: the plated sum-product with each subsampled plate's product replaced
+    by that power. For variables local to a subsampled plate this is an unbiased estimate
+    of the full-data log marginal (a scaled sum of independent per-slice terms). For a
+    variable outside the plate whose factors are scaled inside its logsumexp, it is the
+    usual biased but consistent estimate (exact when the subsample is the whole plate).
 
     Differentiable. Time: the plan's pairwise operations, each O(its joint index space).
     """
     program = _program(plan)
-    env = _run_steps(program, plan, _bind(plan, tensors))
+    env = _run_steps(program, plan, _bind(plan, tensors, program["raw"]), plate_scales)
+    if factor_scales:
+        _scale_results(plan, env, factor_scales)
     if plan.combine is None:
         return env[plan.result]
     return _run_step(plan.combine, program["combine"], env)
 
 
-def execute_partial(plan, tensors):
+def execute_partial(plan, tensors, *, plate_scales=None, factor_scales=None):
     """The partial results, one tensor per ``plan.results`` entry, over that entry's dims.
 
     Summing each over all its dims and adding them gives the full log sum-product (when
     every plate is reduced); a result holding a kept plate is per slice of that plate.
+    Scales as for ``execute``.
     """
     program = _program(plan)
-    env = _run_steps(program, plan, _bind(plan, tensors))
+    env = _run_steps(program, plan, _bind(plan, tensors, program["raw"]), plate_scales)
+    if factor_scales:
+        _scale_results(plan, env, factor_scales)
     return tuple(env[name] for name, _ in plan.results)
+
+
+def _scale_results(plan, env, factor_scales):
+    """Multiply each partial result by the scale its factors share; refuse mixed scales."""
+    for (name, _), inputs in zip(plan.results, plan.result_inputs):
+        scales = {n: _scalar_scale(n, factor_scales[n]) for n in inputs if n in factor_scales}
+        if not scales:
+            continue
+        values = set(scales.values())
+        if len(values) > 1 or len(scales) < len(inputs):
+            unscaled = [n for n in inputs if n not in scales]
+            shown = [f"{n} (scale {v:g})" for n, v in scales.items()][:4] + \
+                [f"{n} (scale 1)" for n in unscaled][:2]
+            raise EnumerationError(
+                "factors summed over the same enumerated variables have different scales",
+                [f"factors: {', '.join(shown)}",
+                 "a scale that no subsampled plate explains multiplies the log of the whole "
+                 "sum over those variables, so their factors must share it"],
+                "apply handlers.scale around every site that reads those enumerated values "
+                "(or around the whole model);\nsubsampled plates need no such care: their "
+                "scale is applied per plate", site=next(iter(scales)).split(":", 1)[-1])
+        (value,) = values
+        env[name] = env[name] * value
+
+
+def _scalar_scale(name, scale):
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise EnumerationError(
+                f"factor {name!r} has a tensor scale of shape {tuple(scale.shape)} inside an "
+                "enumerated contraction", ["only scalar scales can be applied outside the sum"],
+                "use a scalar scale, or a mask (handlers.mask) for per-element weights of 0/1",
+                site=name.split(":", 1)[-1], shapes={"scale": tuple(scale.shape)})
+        return float(scale)
+    return float(scale)
 
 
 # ---- binding ---------------------------------------------------------------------------------
 
-def _bind(plan, tensors):
+def _bind(plan, tensors, raw=frozenset()):
     """name -> operand: each tensor reshaped (size-1 dims dropped) and expanded over the
-    plates its factor broadcasts along. Checks the count and every shape."""
+    plates its factor broadcasts along, except those in ``raw`` (a scan lays them out once
+    per stack). Checks the count and every shape."""
     if not isinstance(tensors, Mapping):
         tensors = list(tensors)
         if len(tensors) != len(plan.inputs):
@@ -83,22 +140,30 @@ def _bind(plan, tensors):
                 f"{spec.source_shape}", [f"dims {spec.dims}"],
                 "replan the contraction for these shapes", site=spec.name,
                 shapes=(tuple(tensor.shape), spec.source_shape))
-        env[spec.name] = tensor.reshape(spec.view_shape).expand(spec.shape)
+        if spec.name not in raw:
+            if spec.view_shape != spec.source_shape:
+                tensor = tensor.reshape(spec.view_shape)
+            if spec.shape != spec.view_shape:
+                tensor = tensor.expand(spec.shape)
+        env[spec.name] = tensor
     return env
 
 
 # ---- the step loop ---------------------------------------------------------------------------
 
-def _run_steps(program, plan, env):
+def _run_steps(program, plan, env, plate_scales=None):
     for step, kernels in zip(plan.steps, program["steps"]):
-        env[step.output] = _run_step(step, kernels, env)
+        env[step.output] = _run_step(step, kernels, env, plate_scales)
     return env
 
 
-def _run_step(step, kernels, env):
-    """Walk the step's path, then take the product over the plates it leaves."""
+def _run_step(step, kernels, env, plate_scales=None):
+    """Walk the step's path (or run its scan), then take the product over the plates it
+    leaves, each raised to its scale."""
     operands = [env.pop(name) for name in step.inputs]
     try:
+        if step.scan is not None:
+            operands = [run_scan(step.scan, operands)]
         for positions, kernel in kernels:
             taken = [operands.pop(p) for p in positions]
             operands.append(kernel(*taken))
@@ -109,6 +174,10 @@ def _run_step(step, kernels, env):
     if step.reduce_plates:
         first = len(step.dims)
         result = result.sum(tuple(range(first, first + len(step.reduce_plates))))
+        if plate_scales:
+            scale = math.prod(plate_scales.get(p, 1.0) for p in step.reduce_plates)
+            if scale != 1.0:
+                result = result * scale
     return result
 
 
@@ -119,9 +188,19 @@ def _program(plan):
         label_sizes = dict(plan.sizes)
         sizes = {symbol: label_sizes[label] for label, symbol in plan.symbols}
         program = {"steps": [_step_kernels(s, sizes) for s in plan.steps],
-                   "combine": _step_kernels(plan.combine, sizes) if plan.combine else None}
+                   "combine": _step_kernels(plan.combine, sizes) if plan.combine else None,
+                   "raw": frozenset(_raw_scan_inputs(plan))}
         _PROGRAMS[plan] = program
     return program
+
+
+def _raw_scan_inputs(plan):
+    """Names of the factors that scans stack as given."""
+    for step in plan.steps:
+        if step.scan is not None:
+            for group in step.scan.init + tuple(g for role in step.scan.roles for g in role):
+                if group.raw:
+                    yield from (step.inputs[p] for p in group.positions)
 
 
 def _step_kernels(step, sizes):

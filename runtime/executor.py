@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from compiler.enumeration import factor_from_shape, plan_contraction
-from compiler.errors import EnumerationError, NonFiniteLossError
+from compiler.errors import NonFiniteLossError
+from runtime.analytic_kl import add_kl_terms
 from runtime.contract import execute
+from runtime.enum_expectation import run_weighted_plan
 from runtime.terms import masked_log_prob
 
 
@@ -38,6 +40,8 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         site_scales: optional {site: factor} multiplying both its model and guide terms this
             step (KL annealing without recompiling); the costs see the scaled terms.
     """
+    if plan.guide_enum or (plan.enum_terms and plan.scores):  # an expectation over q(enum)
+        return run_weighted_plan(plan, records, baselines, with_surrogate, site_scales)
     unscaled, scaled, sums = {}, {}, []
     for term in plan.terms:
         site = records[term.program][term.site]
@@ -49,18 +53,23 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         if not (scale.__class__ is float and scale == 1.0):
             lp = lp * scale
         scaled[term.key] = lp
-        total = lp.detach().sum() if term.stop_gradient else lp.sum()
-        sums.append(total if term.program == "model" else -total)
-    totals = torch.stack(sums) if sums else torch.zeros(0)
+        total = lp.sum() if lp.dim() else lp  # a scalar term needs no sum (nor its node)
+        sums.append(total.detach() if term.stop_gradient else total)
+    if plan.kl_terms:  # TraceMeanField_ELBO: -KL(q || p) terms, indexed after plan.terms
+        add_kl_terms(plan.kl_terms, records, scaled, sums, site_scales)
+    # signed (+ log p, - log q) by one multiplication rather than a negation per guide term
+    totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums else torch.zeros(0)
     elbo = totals.sum()
     if plan.enum_terms:
         elbo = elbo + _log_marginal(plan, records, scaled)
     surrogate = elbo.new_zeros(())
     if with_surrogate and plan.scores:
         whole = _whole_term_weights(plan, totals) @ totals.detach()
-        for i, score_plan in enumerate(plan.scores):
-            surrogate = surrogate + _score_term(score_plan, records, unscaled, scaled, baselines,
-                                                whole[i])
+        # one stack and sum rather than a chain of additions: fewer ops and autograd nodes
+        # (the surrogate's value is cancelled; its gradient is the same either way)
+        surrogate = torch.stack([
+            _score_term(score_plan, records, unscaled, scaled, baselines, whole[i])
+            for i, score_plan in enumerate(plan.scores)]).sum()
         if baselines is not None and baselines.nn_loss is not None:
             # The loss is -(elbo + surrogate): subtracting the baselines' squared error here
             # makes the optimizer minimize it, at zero value.
@@ -70,52 +79,100 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
 
 
 _WEIGHTS = weakref.WeakKeyDictionary()  # plan -> (scores x terms) 0/1 matrix
-_CONTRACTIONS = weakref.WeakKeyDictionary()  # plan -> its planned sum-product contraction
+_SIGNS = weakref.WeakKeyDictionary()  # plan -> +1 (model) / -1 (guide) per entry of the totals
+
+
+def _term_signs(plan, like, n):
+    """The sign of each total: -1 for guide terms; entries after ``plan.terms`` (KL terms)
+    come signed already."""
+    signs = _SIGNS.get(plan)
+    if signs is None or len(signs) != n or signs.dtype != like.dtype or signs.device != like.device:
+        signs = torch.tensor([1.0 if t.program == "model" else -1.0 for t in plan.terms]
+                             + [1.0] * (n - len(plan.terms)), dtype=like.dtype, device=like.device)
+        _SIGNS[plan] = signs
+    return signs
+_CONTRACTIONS = weakref.WeakKeyDictionary()  # plan -> _EnumLayout
+
+
+@dataclass(frozen=True)
+class _EnumLayout:
+    """What ``_log_marginal`` needs beyond the records, fixed by the plan's structure."""
+
+    contraction: object      # the planned ContractionPlan
+    keys: tuple              # factor name per enum term
+    plate_scales: dict       # subsampled plate -> size / subsample_size
+    factor_plate_scale: dict  # factor name -> product of its subsampled plates' scales
 
 
 def _log_marginal(plan, records, scaled):
     """Sum the enumerated sites out of the factor terms exactly: log sum_z prod factors.
 
-    The contraction (elimination order, opt_einsum paths) is planned on a plan's first step,
-    when the factor shapes are known (the structure key fixes them), and then reused.
+    The contraction (elimination order, opt_einsum paths, parallel scans of long chains) is
+    planned on a plan's first step, when the factor shapes are known (the structure key fixes
+    them), and then reused. A subsampled plate's scale multiplies the product over that plate
+    where the contraction reduces it; any other scale (``handlers.scale``) multiplies the log
+    of the sum its factors take part in (see ``runtime.contract.execute``).
     """
-    tensors, layout = {}, []
-    var_dims, var_sizes, plate_dims, plate_sizes = {}, {}, {}, {}
-    for term in plan.enum_terms:
-        site = records["model"][term.site]
-        if not (site["scale"].__class__ is float and site["scale"] == 1.0):
-            raise EnumerationError(
-                f"site {term.site!r} is scaled ({site['scale']}) inside an enumerated "
-                "contraction; subsampled or scaled plates with enumeration are not supported "
-                "yet", fix="use the full plate (no subsample_size) with TraceEnum_ELBO",
-                site=term.site)
-        lp = masked_log_prob(site, "model")
-        key = f"model:{term.site}"
+    model = records["model"]
+    layout, planned = _CONTRACTIONS.get(plan), {}
+    if layout is None:
+        layout = _CONTRACTIONS[plan] = _plan_log_marginal(plan, model, planned)
+    tensors, factor_scales = {}, None
+    for term, key in zip(plan.enum_terms, layout.keys):
+        site = model[term.site]
+        lp = planned.get(key)
+        if lp is None:
+            lp = masked_log_prob(site, "model")
         tensors[key] = scaled[term.key] = lp
+        scale = site["scale"]
+        if not (scale.__class__ is float and scale == 1.0):
+            residual = scale / layout.factor_plate_scale.get(key, 1.0)
+            if not (residual.__class__ is float and abs(residual - 1.0) < 1e-12):
+                factor_scales = factor_scales or {}
+                factor_scales[key] = residual
+    return execute(layout.contraction, tensors, plate_scales=layout.plate_scales,
+                   factor_scales=factor_scales)
+
+
+def _plan_log_marginal(plan, model, log_probs):
+    """Plan the contraction from this step's records; leaves each factor's log-prob tensor
+    in ``log_probs`` by factor name (their shapes are planned for)."""
+    keys = []
+    var_dims, var_sizes, plate_dims, plate_sizes = {}, {}, {}, {}
+    plate_scales, factor_plate_scale, layout = {}, {}, []
+    for term in plan.enum_terms:
+        site = model[term.site]
+        key = f"model:{term.site}"
+        keys.append(key)
         if "enum_dim" in site:
             var_dims[term.site] = site["enum_dim"]
             var_sizes[term.site] = site["value"].shape[0]
         frames = [f for f in site["cond_indep_stack"] if f.dim is not None]
+        scale = 1.0
         for f in frames:
             plate_dims[f.name], plate_sizes[f.name] = f.dim, f.subsample_size
-        layout.append((key, tuple(lp.shape), tuple(f.name for f in frames), term.reads))
-    contraction = _CONTRACTIONS.get(plan)
-    if contraction is None:
-        # each factor names only the variables it reads: under markov, one dim holds
-        # different variables at different steps
-        factors = [factor_from_shape(key, shape, var_dims={v: var_dims[v] for v in reads},
-                                     plate_dims=plate_dims, plates=plates)
-                   for key, shape, plates, reads in layout]
-        contraction = plan_contraction(factors, tuple(var_dims), tuple(plate_sizes),
-                                       plate_sizes=plate_sizes, var_sizes=var_sizes)
-        _CONTRACTIONS[plan] = contraction
-    return execute(contraction, tensors)
+            if f.size is not None and f.size != f.subsample_size:
+                plate_scales[f.name] = f.size / f.subsample_size
+                scale *= plate_scales[f.name]
+        if scale != 1.0:
+            factor_plate_scale[key] = scale
+        lp = log_probs[key] = masked_log_prob(site, "model")
+        shape = tuple(lp.shape)
+        layout.append((key, shape, tuple(f.name for f in frames), term.reads))
+    # each factor names only the variables it reads: under markov, one dim holds
+    # different variables at different steps
+    factors = [factor_from_shape(key, shape, var_dims={v: var_dims[v] for v in reads},
+                                 plate_dims=plate_dims, plates=plates)
+               for key, shape, plates, reads in layout]
+    contraction = plan_contraction(factors, tuple(var_dims), tuple(plate_sizes),
+                                   plate_sizes=plate_sizes, var_sizes=var_sizes)
+    return _EnumLayout(contraction, tuple(keys), plate_scales, factor_plate_scale)
 
 
 def _whole_term_weights(plan, totals):
     weights = _WEIGHTS.get(plan)
     if weights is None or weights.dtype != totals.dtype or weights.device != totals.device:
-        weights = torch.zeros(len(plan.scores), len(plan.terms), dtype=totals.dtype,
+        weights = torch.zeros(len(plan.scores), len(totals), dtype=totals.dtype,
                               device=totals.device)
         for i, score_plan in enumerate(plan.scores):
             weights[i, list(score_plan.whole_terms)] = 1.0
@@ -132,16 +189,16 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
         score = score.sum(score_plan.score_dims, keepdim=True)
     cost = whole_cost  # the terms summed whole: already signed and detached
     for term, dims in score_plan.costs:
-        t = scaled[term]
+        t = scaled[term].detach()
         if dims:
             t = t.sum(dims, keepdim=True)
         cost = cost + t if term[0] == "model" else cost - t
-    cost = cost.detach()
     if cost.dim() > score.dim():  # leading dims of plated terms, summed to size 1
         cost = cost.reshape(cost.shape[cost.dim() - score.dim():])
     if score_plan.baseline is not None:
         cost = cost - baselines.value(score_plan, cost, records)
-    return (score * cost).sum()
+    weighted = score * cost
+    return weighted.sum() if weighted.dim() else weighted
 
 
 def check_finite(plan, parts, step=None):

@@ -170,20 +170,29 @@ class enum(Messenger):
     value becomes its whole support, laid along a fresh dim left of ``first_available_dim``
     (so it broadcasts against every plate dim to its right). The dim is kept in the message
     as ``msg["enum_dim"]``.
+
+    ``after``: the ``enum`` handler of the guide, for the model's: the model's dims then
+    continue left of the guide's, and the guide's sites (whose values the model replays) are
+    not enumerated again.
     """
 
-    def __init__(self, fn=None, first_available_dim=None):
+    def __init__(self, fn=None, first_available_dim=None, after=None):
         super().__init__(fn)
-        if first_available_dim is None or first_available_dim >= 0:
+        if after is None and (first_available_dim is None or first_available_dim >= 0):
             raise ValueError("enum needs a negative first_available_dim, e.g. "
                              "-max_plate_nesting - 1")
         self.first_available_dim = first_available_dim
+        self.after = after
+        self.names = set()   # sample sites seen this run
         self._reset()
 
     def _reset(self):
+        if self.after is not None:
+            self.first_available_dim = self.after._next
         self._next = self.first_available_dim
         self._free = []      # dims of values no markov step reads any more
         self._steps = {}     # markov context -> per-step lists of dims, newest last
+        self.names = set()
 
     def __enter__(self):
         self._reset()
@@ -202,18 +211,49 @@ class enum(Messenger):
         while len(steps) > history + 1:  # values older than `history` steps: dims reusable
             self._free += sorted(steps.pop(0))
 
+    @property
+    def plate_limit(self):
+        """The first enumeration dim of the program: plate dims must lie right of it."""
+        return self.after.plate_limit if self.after is not None else self.first_available_dim
+
+    def _check_plates(self, msg):
+        limit = self.plate_limit
+        for f in msg["cond_indep_stack"]:
+            if f.dim is not None and f.dim <= limit:
+                nesting = -limit - 1
+                explicit = [h.user_dim for h in effects._STACK
+                            if isinstance(h, plate) and h.name == f.name and h.user_dim]
+                raise EnumerationError(
+                    f"plate {f.name!r} of site {msg['name']!r} is at dim {f.dim}, which "
+                    f"enumeration uses (its dims start at {limit})",
+                    [f"max_plate_nesting={nesting} leaves dims -1..{-nesting} to plates"
+                     + (f"; the plate asks for dim={explicit[0]}" if explicit else ""),
+                     f"site {msg['name']!r} plates: "
+                     + ", ".join(f"{g.name} (dim {g.dim})" for g in msg["cond_indep_stack"]
+                                 if g.dim is not None)],
+                    f"raise max_plate_nesting to {-f.dim} (e.g. TraceEnum_ELBO(max_plate_nesting="
+                    f"{-f.dim}))" + (f", or give plate {f.name!r} a dim in -1..{-nesting}"
+                                     if explicit and nesting else ""),
+                    site=msg["name"], plate=f.name, shapes={"plate_dim": f.dim,
+                                                            "first_enum_dim": limit})
+
     def process_message(self, msg):
         if msg["type"] == "markov_step":
             self._markov_step(*msg["args"])
             return
+        if msg["type"] == "sample" and msg["cond_indep_stack"]:
+            self._check_plates(msg)
         if (msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None
-                or msg["infer"].get("enumerate") != "parallel"):
+                or msg["infer"].get("enumerate") != "parallel"
+                or (self.after is not None and msg["name"] in self.after.names)):
             return
         fn = msg["fn"]
         if not fn.has_enumerate_support:
             raise EnumerationError(
                 f"site {msg['name']!r} cannot be enumerated: {type(fn).__name__} has no finite "
-                "support", ['requested by infer={"enumerate": "parallel"}'],
+                "support", ['requested by infer={"enumerate": "parallel"}',
+                            f"batch {tuple(fn.batch_shape)}, event {tuple(fn.event_shape)}, "
+                            f"support {fn.support}"],
                 f"remove the enumerate flag for {msg['name']!r}, or use a discrete "
                 "distribution (Categorical, Bernoulli, ...)", site=msg["name"])
         dim = self._allocate()
@@ -224,6 +264,63 @@ class enum(Messenger):
         shape = (support.shape[0],) + (1,) * (-dim - 1) + tuple(fn.event_shape)
         msg["value"] = support.reshape(shape)
         msg["enum_dim"] = dim
+
+    def postprocess_message(self, msg):
+        if msg["type"] == "sample":
+            self.names.add(msg["name"])
+
+
+class sequential_choice(Messenger):
+    """Fix the value of each site marked ``infer={"enumerate": "sequential"}``: the support
+    element at index ``assignment[name]``, or the first one for a site not yet assigned
+    (listed in ``discovered`` as (name, support size), in program order). Iterating over
+    assignments in odometer order runs every combination once (``TraceEnum_ELBO`` does)."""
+
+    def __init__(self, fn=None):
+        super().__init__(fn)
+        self.assignment = {}
+        self.discovered = []
+        self.sites = {}
+
+        self.paused = False  # while tracing a recorded run, whose values are replayed
+
+    def start(self, assignment):
+        self.assignment, self.discovered, self.sites = dict(assignment), [], {}
+
+    def process_message(self, msg):
+        if (self.paused or msg["type"] != "sample" or msg["is_observed"]
+                or msg["value"] is not None
+                or msg["infer"].get("enumerate") != "sequential"):
+            return
+        fn, name = msg["fn"], msg["name"]
+        if not fn.has_enumerate_support:
+            raise EnumerationError(
+                f"site {name!r} cannot be enumerated: {type(fn).__name__} has no finite "
+                "support", ['requested by infer={"enumerate": "sequential"}'],
+                f"remove the enumerate flag for {name!r}, or use a discrete distribution "
+                "(Categorical, Bernoulli, ...)", site=name)
+        if fn.batch_shape.numel() > 1:
+            plates = [f.name for f in msg["cond_indep_stack"] if f.dim is not None]
+            raise EnumerationError(
+                f"guide site {name!r} is enumerated sequentially but is batched: one run per "
+                "value would give every element the same value",
+                [f"batch shape {tuple(fn.batch_shape)}, plates "
+                 f"{', '.join(map(repr, plates)) or '()'}"
+                 + ("" if plates else " (it reads a value enumerated in parallel, or has "
+                    "batch dims)")],
+                'use infer={"enumerate": "parallel"} for it (or, in a plate, iterate the '
+                "plate sequentially: for i in sg.plate(...))", site=name,
+                plate=msg["cond_indep_stack"][-1].name if msg["cond_indep_stack"] else None,
+                shapes={"batch": tuple(fn.batch_shape)})
+        support = fn.enumerate_support(expand=False)
+        if name not in self.assignment:
+            self.discovered.append((name, support.shape[0]))
+        msg["value"] = support[self.assignment.get(name, 0)]
+
+    def postprocess_message(self, msg):
+        if (not self.paused and msg["type"] == "sample"
+                and msg["infer"].get("enumerate") == "sequential"):
+            self.sites[msg["name"]] = msg
 
 
 class config_enumerate(Messenger):

@@ -11,6 +11,7 @@ from compiler.errors import PlateError
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
 from svigraph.params import get_param_store
+from svigraph.recording import Recorder
 
 
 def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
@@ -44,9 +45,26 @@ def param(name, init=None, constraint=torch.distributions.constraints.real, even
     store = get_param_store()
     if not effects._STACK:
         return store.get(name, init, constraint)
+    recorder = _lean_recorder()
+    if recorder is not None:  # the lean recording path: no message, same record
+        value = recorder.params[name] = store.get(name, init, constraint)
+        return value
     msg = new_message("param", name, store.get, args=(name, init, constraint))
     msg["event_dim"] = event_dim
     return apply_stack(msg)["value"]
+
+
+def _lean_recorder():
+    """The active Recorder when the only other handlers are vectorized or sequential plates
+    (which ignore params), else None: a ``param`` then needs no message through the stack."""
+    stack = effects._STACK
+    recorder = stack[0]
+    if recorder.__class__ is not Recorder:
+        return None
+    for handler in stack[1:]:
+        if handler.__class__ is not plate:
+            return None
+    return recorder
 
 
 def module(name, nn_module, update_module_params=False):

@@ -1,6 +1,13 @@
-"""The per-step recording handler: fills the runtime's records (see ``runtime.records``)."""
+"""The per-step recording handler: fills the runtime's records (see ``runtime.records``).
+
+``record`` may run with torch's distribution argument checks off (``validate=False``): the
+ELBO does so once a plan's first step has run with them on, and replays a step with them on
+whenever something fails (see ``svigraph.infer.elbo``).
+"""
 
 from __future__ import annotations
+
+from torch.distributions import Distribution
 
 from compiler.errors import duplicate_site
 from svigraph.effects import Messenger
@@ -54,12 +61,41 @@ class Recorder(Messenger):
         return {**self.subsamples, **self.sites}
 
 
-def record(model, guide, args, kwargs):
-    """Run the guide, then the model replayed on it; return their two Recorders."""
-    guide_rec = Recorder()
-    with guide_rec:
-        guide(*args, **kwargs)
-    model_rec = Recorder(replay=guide_rec)
-    with model_rec:
-        model(*args, **kwargs)
+class torch_checks:
+    """Context manager: torch's default distribution validation on (``True``: left as the
+    user set it) or off (``False``) inside, restored on exit.
+
+    A distribution built without an explicit ``validate_args`` reads the default each time
+    it checks, so its ``log_prob`` must run inside the same setting as its construction.
+    """
+
+    __slots__ = ("enabled", "saved")
+
+    def __init__(self, enabled):
+        self.enabled = enabled
+
+    def __enter__(self):
+        self.saved = Distribution._validate_args
+        if not self.enabled:
+            Distribution._validate_args = False
+        return self
+
+    def __exit__(self, *exc):
+        Distribution._validate_args = self.saved
+
+
+def record(model, guide, args, kwargs, validate=True):
+    """Run the guide, then the model replayed on it; return their two Recorders.
+
+    Args:
+        validate: False runs both with torch's distribution validation off (see
+            ``torch_checks``; run their log-probs inside ``torch_checks(False)`` too).
+    """
+    with torch_checks(validate):
+        guide_rec = Recorder()
+        with guide_rec:
+            guide(*args, **kwargs)
+        model_rec = Recorder(replay=guide_rec)
+        with model_rec:
+            model(*args, **kwargs)
     return guide_rec, model_rec

@@ -10,6 +10,7 @@ a read in the guide, gets a ``control`` edge from the sites read.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from dataclasses import dataclass
@@ -47,13 +48,22 @@ class TracedProgram:
     model_trace: dict
 
 
+@functools.lru_cache(maxsize=None)
+def _user_file(co_filename):
+    """The base name of a code file outside svigraph, torch and contextlib, else None."""
+    filename = os.path.abspath(co_filename)
+    if not filename.startswith(_PACKAGE_DIRS) and "contextlib" not in filename:
+        return os.path.basename(filename)
+    return None
+
+
 def user_source():
     """``file.py:line`` of the innermost frame outside svigraph and torch."""
     frame = sys._getframe(1)
     while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIRS) and "contextlib" not in filename:
-            return f"{os.path.basename(filename)}:{frame.f_lineno}"
+        name = _user_file(frame.f_code.co_filename)
+        if name is not None:
+            return f"{name}:{frame.f_lineno}"
         frame = frame.f_back
     return None
 
@@ -159,6 +169,8 @@ def _trace_graph(model, guide, args, kwargs, replay_guide):
 # checks that need values (the rest are compiler passes on the graph)
 
 def check_sites(guide_trace, model_trace):
+    # a guide enumerating in parallel gives values extra leading (enumeration) dims
+    enumerating = any("enum_dim" in site for site in guide_trace.values())
     for name, site in guide_trace.items():
         if site["type"] != "sample":
             continue
@@ -172,7 +184,7 @@ def check_sites(guide_trace, model_trace):
                 site=name)
         model_site = model_trace.get(name)
         if model_site is not None and model_site["type"] == "sample":
-            _check_pair(name, site, model_site)
+            _check_pair(name, site, model_site, enumerating)
 
 
 def check_observed(name, fn, value):
@@ -200,11 +212,20 @@ def _plates_text(site):
     return "(" + ", ".join(f"{f.name}[{f.subsample_size}] dim={f.dim}" for f in frames) + ")"
 
 
-def _check_pair(name, guide_site, model_site):
+def _fits(shape, expected, enumerating):
+    """The guide's value has the model's shape; under guide enumeration the two need only
+    broadcast (enumeration dims, reused under markov, sit left of the plates)."""
+    if shape == expected or not enumerating:
+        return shape == expected
+    return all(a == b or 1 in (a, b) for a, b in zip(reversed(shape), reversed(expected)))
+
+
+def _check_pair(name, guide_site, model_site, enumerating=False):
     gfn, mfn = guide_site["fn"], model_site["fn"]
     value = detach_provenance(guide_site["value"])
     expected = tuple(mfn.batch_shape + mfn.event_shape)
-    if len(gfn.event_shape) != len(mfn.event_shape) or tuple(value.shape) != expected:
+    if len(gfn.event_shape) != len(mfn.event_shape) or not _fits(tuple(value.shape), expected,
+                                                                 enumerating):
         model_plates = [f for f in reversed(model_site["cond_indep_stack"]) if f.dim is not None]
         fix = ("declare the guide site inside the same plates as the model's"
                + (", e.g.\n" + " ".join(f"with sg.plate({f.name!r}, {f.size}):"
@@ -359,10 +380,15 @@ def _freeze(v):
     return f"<{type(v).__name__}>"  # modules, tensors: by kind only; plans hold no values
 
 
+_DTYPE_NAMES = {torch.float32: "f32", torch.float64: "f64", torch.int64: "i64",
+                torch.bool: "bool", torch.float16: "f16", torch.int32: "i32"}
+
+
 def _dtype(value):
-    return {torch.float32: "f32", torch.float64: "f64", torch.int64: "i64",
-            torch.bool: "bool", torch.float16: "f16", torch.int32: "i32"}.get(
-        getattr(value, "dtype", None), str(getattr(value, "dtype", "?")))
+    # the plain tensor: reading .dtype of a provenance tensor is a torch-function call
+    dtype = getattr(detach_provenance(value), "dtype", None)
+    name = _DTYPE_NAMES.get(dtype)
+    return name if name is not None else str(dtype if dtype is not None else "?")
 
 
 def _add_edge(graph, u, v, program, kind):

@@ -45,6 +45,10 @@ def test_sbn_elbo_improves(capsys):
 
 
 def test_hmm_example_learns():
-    """The HMM example (quick run): exact enumeration with markov improves the likelihood."""
+    """The HMM example (quick run): exact enumeration with markov improves the likelihood;
+    infer_discrete's MAP decoding equals a hand-written Viterbi and mostly recovers the true
+    states (87% after the quick run's 30 steps; 98% on the full run)."""
     result = load("hmm").main(["--quick"])
     assert result["last"] > result["first"] + 0.3
+    assert result["viterbi_agrees"]
+    assert result["accuracy"] > 0.75

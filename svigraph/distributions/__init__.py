@@ -39,6 +39,7 @@ from svigraph.distributions.continuous import (
     Weibull,
 )
 from svigraph.distributions.delta import Delta
+from svigraph.distributions.empirical import Empirical
 from svigraph.distributions.discrete import (
     Bernoulli,
     Binomial,
@@ -70,6 +71,7 @@ __all__ = [
     "ContinuousBernoulli",
     "Delta",
     "Dirichlet",
+    "Empirical",
     "Exponential",
     "Gamma",
     "Geometric",

@@ -5,6 +5,14 @@ structure key of what ran, and looks the plan up by it. A new structure (sites a
 with a sampled value, new shapes) is traced again with provenance, by replaying this very
 step's values, and compiled; the step then runs on the new plan. So no step is ever
 estimated with a plan compiled for a different structure.
+
+Validation: a plan's first step runs with torch's distribution argument and support checks
+on. Later steps on a validated plan run with them off (they cost more than the arithmetic on
+small models), except that observed values are still checked against their support every
+step, and every ``RECHECK_EVERY``-th step runs fully checked. Whenever an unchecked step
+fails (an exception, a non-finite loss) or lands on a plan not validated yet, it is replayed
+from the same random state with the checks on, so errors are exactly those of a validated
+step.
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ from runtime.executor import check_finite, run_plan
 from runtime.records import args_signature, structure_key
 from compiler.baselines import PARTICLE_PLATE
 from svigraph.params import get_param_store
-from svigraph.primitives import plate
-from svigraph.recording import record
+from svigraph.primitives import _Factor, plate
+from svigraph.recording import record, torch_checks
 from svigraph.tracing import trace_graph
 
 log = logging.getLogger("svigraph.compiler")
@@ -43,6 +51,30 @@ def raise_if_params_not_finite(err):
             "an earlier step diverged: lower the learning rate or clip gradients, e.g.\n"
             'sg.optim.Adam({"lr": 1e-3}, clip_args={"clip_norm": 10.0}), and restart from a '
             "checkpoint", site=bad[0]) from err
+
+
+# Every this many particles one runs with torch's checks on even on a validated plan: a
+# safety net for arguments that drift out of their constraints while the loss stays finite.
+RECHECK_EVERY = 100
+
+
+class _Unvalidated(Exception):
+    """An unchecked step landed on a plan whose first step has not run checked yet."""
+
+
+def check_observed_support(model_sites):
+    """torch's sample check (shape and support) on every observed value: data may change
+    from step to step under one plan, so it is checked even when nothing else is.
+
+    Raises:
+        ValueError: as torch's ``log_prob`` with validation would (the step is then replayed
+            with checks on, which reports it as a ``SupportError`` naming the site).
+    """
+    for site in model_sites.values():
+        if site["is_observed"]:
+            fn = site["fn"]
+            if fn.__class__ is not _Factor:
+                fn._validate_sample(site["value"])
 
 
 class _PlanRunner:
@@ -96,6 +128,8 @@ class ELBO:
         self.last_plan = None
         self.last_params = {}
         self.step_count = 0
+        self._validated = weakref.WeakSet()  # plans whose first step ran with torch's checks
+        self._unchecked = 0  # particles run unchecked since the last checked one
 
     # ---- options shown in the printed plan --------------------------------------------
     def options(self):
@@ -165,16 +199,47 @@ class ELBO:
 
     # ---- execution ---------------------------------------------------------------------
     def _particle(self, model, guide, args, kwargs, with_surrogate=True, site_scales=None):
-        run_model, run_guide = self._programs(model, guide)
+        """One particle's ``LossParts``: with torch's checks off on a validated plan, else on
+        (see the module docstring); a failed unchecked step is replayed checked."""
+        plan = self.last_plan
+        if plan is None or plan not in self._validated or self._unchecked >= RECHECK_EVERY:
+            self._unchecked = 0
+            return self._run_particle(model, guide, args, kwargs, with_surrogate, site_scales,
+                                      validate=True)
+        self._unchecked += 1
+        rng = torch.get_rng_state()
         try:
-            guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
-        except ValueError as err:
-            raise_if_params_not_finite(err)
-            raise
-        plan = self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
-        records = {"guide": guide_rec.sites, "model": model_rec.sites}
-        parts = run_plan(plan, records, self.baselines, with_surrogate=with_surrogate,
-                         site_scales=site_scales)
+            return self._run_particle(model, guide, args, kwargs, with_surrogate, site_scales,
+                                      validate=False)
+        except Exception:  # noqa: BLE001 - replayed with checks on, which raises the real error
+            self.baselines.discard()
+            torch.set_rng_state(rng)
+            self._restart_particle()
+            return self._run_particle(model, guide, args, kwargs, with_surrogate, site_scales,
+                                      validate=True)
+
+    def _restart_particle(self):
+        """Reset per-run handler state before a particle is replayed with checks on."""
+        chooser = getattr(self, "_chooser", None)  # TraceEnum_ELBO's sequential enumeration
+        if chooser is not None:
+            chooser.start(chooser.assignment)
+
+    def _run_particle(self, model, guide, args, kwargs, with_surrogate, site_scales, validate):
+        run_model, run_guide = self._programs(model, guide)
+        with torch_checks(validate):
+            try:
+                guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
+            except ValueError as err:
+                raise_if_params_not_finite(err)
+                raise
+            plan = self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
+            if not validate:
+                if plan not in self._validated:
+                    raise _Unvalidated(plan.key_hash)
+                check_observed_support(model_rec.sites)
+            records = {"guide": guide_rec.sites, "model": model_rec.sites}
+            parts = run_plan(plan, records, self.baselines, with_surrogate=with_surrogate,
+                             site_scales=site_scales)
         try:
             check_finite(plan, parts, self.step_count)
         except NonFiniteLossError:
@@ -184,6 +249,8 @@ class ELBO:
             self.baselines.commit()
         else:
             self.baselines.discard()
+        if validate:
+            self._validated.add(plan)
         self.last_params.update(guide_rec.params)
         self.last_params.update(model_rec.params)
         return parts

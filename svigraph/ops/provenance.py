@@ -63,11 +63,15 @@ class ProvenanceTensor(torch.Tensor):
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
+        # Runs on every torch op while tracing: the common case (no in-place write, no
+        # kwargs, one tensor out) takes no detours.
         provenance = set()
-        kwargs = kwargs or {}
-        written = _written_in_place(func, args, kwargs)
+        written = _written_in_place(func, args, kwargs) if kwargs or _is_in_place(func) else ()
         args = _unwrap(args, provenance)
-        kwargs = _unwrap(kwargs, provenance)
+        if kwargs:
+            kwargs = _unwrap(kwargs, provenance)
+        else:
+            kwargs = {}
         if provenance and func in _PYTHON_READS:
             for listener in list(_READ_LISTENERS):
                 listener(frozenset(provenance), func)
@@ -77,6 +81,11 @@ class ProvenanceTensor(torch.Tensor):
         provenance = frozenset(provenance)
         for target in written:
             _taint(target, provenance)
+        if type(result) is torch.Tensor:  # a fresh plain result: tag it directly
+            out = result.as_subclass(ProvenanceTensor)
+            out._t = result
+            out._provenance = provenance
+            return out
         return _wrap(result, provenance)
 
 

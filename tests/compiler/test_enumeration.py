@@ -14,7 +14,9 @@ import pytest
 import torch
 
 from compiler.enumeration import (ContractionPlan, EnumerationError, Factor, factor_from_shape,
-                                  format_contraction_plan, naive_sum_product, plan_contraction)
+                                  format_contraction_plan, plan_contraction)
+from compiler.enumeration_reference import naive_sum_product
+from compiler.enumeration_scan import SCAN_MIN_LENGTH
 from runtime.contract import execute, execute_partial
 
 
@@ -136,6 +138,7 @@ def test_broadcast_plate_counts_once_per_slice():
 
 GOLDEN = """\
 contraction: logsumexp a[3] b[2] c[3]; sum plates i[2] j[2] -> []
+  strategy: sequential elimination   peak 24 elements
   inputs
     f0 : [a]
     f1 : [a,b,i]
@@ -196,17 +199,90 @@ def test_planning_is_deterministic_and_pure():
     assert first == second and before == (factors, plate_sizes, var_sizes)
 
 
+def chain_factors(T, plate=None, flip=False):
+    """init(x0), t_k(x_{k-1}, x_k[, plate]) and e_k(x_k[, plate]); ``flip`` alternates the
+    dim order of the transitions, as markov's reused enum dims do."""
+    extra = (plate,) if plate else ()
+    factors = [Factor("init", ("x0",))]
+    for t in range(1, T):
+        pair = (f"x{t}", f"x{t-1}") if flip and t % 2 == 0 else (f"x{t-1}", f"x{t}")
+        factors.append(Factor(f"t{t}", pair + extra))
+    factors += [Factor(f"e{t}", (f"x{t}",) + extra) for t in range(T)] if plate else []
+    return factors
+
+
 def test_long_chain_plans_one_component():
-    """A 10,000-factor chain is one component: T - 1 pairwise ops, none bigger than two
-    3x3 matrices joined (greedy multiplies transition matrices, 27 elements)."""
+    """Without scan, a 10,000-factor chain is one component: T - 1 pairwise ops, none
+    bigger than two 3x3 matrices joined (greedy multiplies transition matrices, 27)."""
     T = 10_000
-    factors = [Factor("init", ("x0",))] + [Factor(f"t{t}", (f"x{t-1}", f"x{t}"))
-                                           for t in range(1, T)]
-    plan = plan_contraction(factors, {f"x{t}" for t in range(T)}, (), plate_sizes={},
+    plan = plan_contraction(chain_factors(T), {f"x{t}" for t in range(T)}, (), plate_sizes={},
+                            var_sizes={f"x{t}": 3 for t in range(T)}, scan=False)
+    (step,) = plan.steps
+    assert step.scan is None and len(step.ops) == T - 1 and plan.peak_elements == 27
+    assert "(10000 operands)" in str(plan) and "sequential elimination" in str(plan)
+
+
+def test_long_chain_plans_a_parallel_scan():
+    """By default a long homogeneous chain is one scan step: log2 T halving rounds."""
+    T = 10_000
+    plan = plan_contraction(chain_factors(T), {f"x{t}" for t in range(T)}, (), plate_sizes={},
                             var_sizes={f"x{t}": 3 for t in range(T)})
     (step,) = plan.steps
-    assert len(step.ops) == T - 1 and plan.peak_elements == 27
-    assert "(10000 operands)" in str(plan)
+    scan = step.scan
+    assert step.ops == () and scan.chain == tuple(f"x{t}" for t in range(T))
+    assert len(scan.rounds) == math.floor(math.log2(T - 1)) and scan.var_size == 3
+    assert len(scan.init) == 1 and len(scan.roles) == 1 and scan.batch == ()
+    assert plan.strategy == "parallel scan (1 chain) + elimination"
+    assert plan.peak_elements == step.peak_elements == (T - 1) // 2 * 27
+    text = str(plan)
+    assert "parallel scan over x0 -> x1 -> ... -> x9999: 9999 steps of 1 factor(s)" in text
+    assert "13 rounds (13 broadcast)" in text and len(text.splitlines()) < 30
+
+
+def test_scan_roles_group_layouts_and_plates_are_batch_dims():
+    """HMM-shaped: transitions alternate their dim order; the plate is a batch dim."""
+    T = 40
+    plan = plan_contraction(chain_factors(T, plate="s", flip=True),
+                            {f"x{t}" for t in range(T)}, {"s"}, plate_sizes={"s": 5},
+                            var_sizes={f"x{t}": 2 for t in range(T)})
+    scan_step = next(s for s in plan.steps if s.scan is not None)
+    scan = scan_step.scan
+    # init is outside the plate, so x0 is summed later: the chain inside s is x1..x39
+    assert scan.chain[0] == "x1" and scan.batch == ("x0", "s") and scan_step.reduce_plates == ("s",)
+    # canonical layout (x0, s, prev, cur): t2 is [x2,x1,s], t3 is [x2,x3,s], ...
+    (even, odd), (emissions,) = scan.roles
+    assert (even.perm, even.steps[:3], odd.perm, odd.steps[:3]) == (
+        (2, 1, 0), (0, 2, 4), (2, 0, 1), (1, 3, 5))
+    assert even.shape == odd.shape == (1, 5, 2, 2) and emissions.shape == (1, 5, 1, 2)
+    assert emissions.steps == tuple(range(T - 2))
+    assert [(g.positions, g.shape) for g in scan.init] == [((0,), (2, 5, 2)), ((39,), (1, 5, 2))]
+
+
+@pytest.mark.parametrize("factors, why", [
+    ([Factor("a", ("x0", "x1")), Factor("b", ("x1", "x2")), Factor("c", ("x0", "x2"))],
+     "a loop"),
+    ([Factor("a", ("x0", "x1", "x2")), Factor("b", ("x2", "x3"))], "a three-variable factor"),
+    ([Factor("a", ("x0", "x1")), Factor("b", ("x1", "x2")), Factor("c", ("x2", "x3")),
+      Factor("u", ("x2",))], "steps with different factors"),
+    ([Factor("a", ("x0", "y1")), Factor("b", ("y1", "x2"))], "variables of different sizes"),
+])
+def test_no_scan_for_what_is_not_a_homogeneous_chain(factors, why):
+    var_sizes = {"x0": 2, "x1": 2, "x2": 2, "x3": 2, "y1": 3}
+    used = {d for f in factors for d in f.dims}
+    plan = plan_contraction(factors, used, (), plate_sizes={},
+                            var_sizes={v: n for v, n in var_sizes.items() if v in used},
+                            scan=True)
+    assert all(s.scan is None for s in plan.steps), why
+    assert plan.strategy == "sequential elimination"
+
+
+def test_scan_threshold_and_switch():
+    short = chain_factors(SCAN_MIN_LENGTH - 1)
+    args = ({f"x{t}" for t in range(SCAN_MIN_LENGTH - 1)}, ())
+    sizes = {f"x{t}": 2 for t in range(SCAN_MIN_LENGTH - 1)}
+    assert plan_contraction(short, *args, plate_sizes={}, var_sizes=sizes).steps[0].scan is None
+    assert plan_contraction(short, *args, plate_sizes={}, var_sizes=sizes,
+                            scan=True).steps[0].scan is not None
 
 
 # ---- errors --------------------------------------------------------------------------------

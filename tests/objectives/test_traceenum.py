@@ -1,6 +1,7 @@
 """TraceEnum_ELBO (model-side parallel enumeration with plates): the loss equals the exact
 log marginal by brute-force summation; gradients equal autograd of the brute force; what is
-not supported yet is refused with a clear error."""
+not supported yet is refused with a clear error. Guide-side, sequential and mixed
+enumeration: test_traceenum_more.py; the error catalogue: test_traceenum_errors.py."""
 
 import pytest
 import torch
@@ -130,30 +131,7 @@ def test_refusals():
 
     _refused(reads_value, no_guide, "read into Python")
 
-    def subsampled(x):
-        with sg.plate("data", 4, subsample_size=2) as idx:
-            k = sg.sample("k", dist.Bernoulli(0.5), infer=ENUM)
-            sg.sample("obs", dist.Normal(k.float(), 1.0), obs=x[idx])
-
-    _refused(subsampled, no_guide, "not supported yet")
-
-    def score_model(x):
-        c = sg.sample("c", dist.Bernoulli(0.5))
-        k = sg.sample("k", dist.Bernoulli(0.5), infer=ENUM)
-        sg.sample("obs", dist.Normal(c + k, 1.0), obs=x[0])
-
-    def score_guide(x):
-        sg.sample("c", dist.Bernoulli(0.5))
-
-    _refused(score_model, score_guide, "score-function site 'c'")
-
-    def guide_enum(x):
-        sg.sample("c", dist.Bernoulli(0.5), infer=ENUM)
-
-    def plain(x):
-        sg.sample("c", dist.Bernoulli(0.5))
-
-    _refused(plain, guide_enum, "guide-side enumeration")
+    # subsampled plates with enumeration: supported, tests/objectives/test_enum_subsample.py
 
 
 def test_needs_max_plate_nesting():

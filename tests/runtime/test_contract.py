@@ -6,14 +6,17 @@ with both kernels (exact broadcast logsumexp, and max-shifted exp-einsum-log for
 relative; long chains are compared with a hand-written forward recursion.
 """
 
+import functools
 import math
 
 import pytest
 import torch
 
-from compiler.enumeration import Factor, naive_sum_product, plan_contraction
-from compiler.errors import ShapeMismatchError
+from compiler.enumeration import Factor, plan_contraction
+from compiler.enumeration_reference import naive_sum_product
+from compiler.errors import EnumerationError, ShapeMismatchError
 from runtime.contract import build_kernel, canonical_equation, execute, execute_partial
+from runtime.scan import chain_product, log_matmul
 
 KERNELS = {"broadcast": {}, "einsum": {"broadcast_limit": 0}}
 
@@ -100,7 +103,8 @@ def test_long_chain_float32_and_einsum_kernel():
     T = 1000
     factors, tensors = chain(T, dtype=torch.float32)
     plan = plan_contraction(factors, {f"x{t}" for t in range(T)}, (), plate_sizes={},
-                            var_sizes={f"x{t}": 3 for t in range(T)}, broadcast_limit=0)
+                            var_sizes={f"x{t}": 3 for t in range(T)}, broadcast_limit=0,
+                            scan=False)
     actual = execute(plan, tensors)
     assert actual.dtype == torch.float32
     assert float(actual) == pytest.approx(forward_recursion(tensors), rel=1e-5)
@@ -189,3 +193,136 @@ def test_kernels_are_shared_across_renamed_equations():
                             var_sizes={f"x{t}": 3 for t in range(T)})
     execute(plan, tensors)
     assert build_kernel.cache_info().currsize <= 8  # not one per op
+
+
+# ---- parallel scan ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel", ["broadcast", "matmul"])
+@pytest.mark.parametrize("n", range(1, 10))
+def test_chain_product_equals_sequential_products(n, kernel):
+    """Halving rounds with odd leftovers multiply the matrices in chain order."""
+    gen = torch.Generator().manual_seed(n)
+    steps = torch.randn(n, 2, 3, 3, generator=gen, dtype=torch.float64)
+    rounds = (kernel,) * (n.bit_length() - 1)   # floor(log2 n) halvings reach 1
+    expected = steps[0].exp()
+    for m in steps[1:]:
+        expected = expected @ m.exp()
+    assert torch.allclose(chain_product(steps, rounds, kernel), expected.log(), rtol=1e-12)
+
+
+def test_log_matmul_kernels_agree_and_handle_minus_infinity():
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(4, 3, 5, generator=gen, dtype=torch.float64) * 30
+    b = torch.randn(4, 5, 2, generator=gen, dtype=torch.float64) * 30
+    a[0, 0] = -math.inf
+    exact = torch.logsumexp(a[..., :, :, None] + b[..., None, :, :], -2)
+    assert torch.allclose(log_matmul(a, b, "broadcast"), exact)
+    assert torch.allclose(log_matmul(a, b, "matmul"), exact)
+    assert (log_matmul(a, b, "matmul")[0, 0] == -math.inf).all()
+
+
+def random_chain(T, K=3, S=4, dtype=torch.float64, seed=0, flip=True, global_var=False,
+                 nested=False):
+    """An HMM-like chain inside plate s (size S), with optional extras, and its tensors.
+
+    Transitions t_k alternate their dim order (as markov's reused dims do); emissions e_k
+    read x_k, in a nested plate j when ``nested``; with ``global_var`` every transition also
+    reads g, a variable outside the plate (a batch dim of the scan). The prior of x0 lives
+    in the plate without varying along it (it is counted once per slice)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = ("g",) if global_var else ()
+    factors = [Factor("init", ("x0",), plates=("s",))]
+    shapes = {"x": K, "s": S, "j": 2, "g": 2}
+    for t in range(1, T):
+        pair = (f"x{t}", f"x{t-1}") if flip and t % 2 == 0 else (f"x{t-1}", f"x{t}")
+        factors.append(Factor(f"t{t}", g + pair + ("s",)))
+    for t in range(T):
+        factors.append(Factor(f"e{t}", (f"x{t}", "s") + (("j",) if nested else ())))
+    if global_var:
+        factors.append(Factor("prior_g", ("g",)))
+    tensors = {f.name: torch.randn(tuple(shapes[d[0]] for d in f.dims), generator=gen,
+                                   dtype=dtype) - 2.0 for f in factors}
+    var_sizes = {f"x{t}": K for t in range(T)}
+    var_sizes.update({"g": 2} if global_var else {})
+    plates = {"s": S, **({"j": 2} if nested else {})}
+    return factors, tensors, set(var_sizes), plates, var_sizes
+
+
+@pytest.mark.parametrize("options", [{}, {"global_var": True}, {"nested": True},
+                                     {"flip": False, "K": 2}, {"T": 2}],
+                         ids=["hmm", "global", "nested_plate", "plain_order", "T=2"])
+@pytest.mark.parametrize("broadcast_limit", [2 ** 18, 0], ids=["broadcast", "matmul"])
+def test_scan_equals_sequential_elimination(options, broadcast_limit):
+    """Values and gradients of the scan plan equal those of plain elimination (float64)."""
+    options = dict(options)
+    T = options.pop("T", 37)
+    factors, tensors, sum_vars, plates, var_sizes = random_chain(T, **options)
+    plans = [plan_contraction(factors, sum_vars, set(plates), plate_sizes=plates,
+                              var_sizes=var_sizes, scan=scan, broadcast_limit=broadcast_limit)
+             for scan in (True, False)]
+    assert plans[0].strategy.startswith("parallel scan") and plans[1].steps[0].scan is None
+    values, grads = [], []
+    for plan in plans:
+        leaves = {k: v.clone().requires_grad_() for k, v in tensors.items()}
+        out = execute(plan, leaves)
+        values.append(out)
+        grads.append(torch.autograd.grad(out, list(leaves.values())))
+    assert torch.allclose(values[0], values[1], rtol=1e-12)
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("broadcast_limit", [2 ** 18, 0], ids=["broadcast", "matmul"])
+def test_scan_float32_is_stable_for_10000_steps(broadcast_limit):
+    """float32 through 14 rounds: within 3e-5 relative of a float64 forward recursion."""
+    T = 10_000
+    factors, tensors, expected = float32_chain(T)
+    plan = plan_contraction(factors, {f"x{t}" for t in range(T)}, (), plate_sizes={},
+                            var_sizes={f"x{t}": 3 for t in range(T)},
+                            broadcast_limit=broadcast_limit)
+    assert plan.steps[0].scan is not None
+    actual = execute(plan, tensors)
+    assert actual.dtype == torch.float32 and math.isfinite(float(actual))
+    assert float(actual) == pytest.approx(expected, rel=3e-5)
+
+
+@functools.lru_cache(maxsize=1)
+def float32_chain(T):
+    factors, tensors = chain(T, dtype=torch.float32)
+    return factors, tensors, forward_recursion(tensors)
+
+
+# ---- scales ----------------------------------------------------------------------------------
+
+def test_plate_scales_apply_where_each_plate_is_reduced():
+    """a global, b in plate i (scale 1.5), c in plate j inside i (scale 3):
+    logsumexp_a(f0 + 1.5 sum_i logsumexp_b(f1 + 3 sum_j logsumexp_c f2))."""
+    factors, tensors, sum_vars, plate_sizes, var_sizes = make_problem("a,abi,bcij", "ij")
+    plan = plan_contraction(factors, sum_vars, {"i", "j"}, plate_sizes=plate_sizes,
+                            var_sizes=var_sizes)
+    f0, f1, f2 = tensors
+    inner = 3.0 * torch.logsumexp(f2, 1).sum(-1)                       # [b, i]
+    middle = 1.5 * torch.logsumexp(f1 + inner[None], 1).sum(-1)         # [a]
+    expected = torch.logsumexp(f0 + middle, 0)
+    actual = execute(plan, tensors, plate_scales={"i": 1.5, "j": 3.0})
+    assert float(actual) == pytest.approx(float(expected), rel=1e-12)
+
+
+def test_factor_scales_multiply_their_result():
+    """A scale shared by the factors of one partial result multiplies that result only."""
+    factors = [Factor("g", ("a",)), Factor("l", ("b", "i")), Factor("prior_b", ("b",), ("i",))]
+    gen = torch.Generator().manual_seed(1)
+    tensors = {"g": torch.randn(2, generator=gen, dtype=torch.float64),
+               "l": torch.randn(3, 4, generator=gen, dtype=torch.float64),
+               "prior_b": torch.randn(3, generator=gen, dtype=torch.float64)}
+    plan = plan_contraction(factors, {"a", "b"}, {"i"}, plate_sizes={"i": 4},
+                            var_sizes={"a": 2, "b": 3})
+    local = torch.logsumexp(tensors["l"] + tensors["prior_b"][:, None], 0).sum()
+    expected = 0.25 * local + torch.logsumexp(tensors["g"], 0)
+    actual = execute(plan, tensors, factor_scales={"l": 0.25, "prior_b": 0.25})
+    assert float(actual) == pytest.approx(float(expected), rel=1e-12)
+    with pytest.raises(EnumerationError, match="different scales") as info:
+        execute(plan, tensors, factor_scales={"l": 0.25})
+    assert "l (scale 0.25), prior_b (scale 1)" in str(info.value)
+    with pytest.raises(EnumerationError, match="tensor scale of shape \\(4,\\)"):
+        execute(plan, tensors, factor_scales={"l": torch.ones(4), "prior_b": torch.ones(4)})

@@ -1,0 +1,104 @@
+"""Execute a parallel-scan contraction (a ``compiler.enumeration_scan.ScanSpec``).
+
+The T - 1 step matrices of a homogeneous chain are stacked into ``M`` of shape
+``(T-1, *batch, K, K)`` (log space), then multiplied pairwise, adjacent with adjacent: each
+round halves the stack, so the sequential depth is ceil(log2 T) batched operations instead of
+T. An odd element left over by a round is set aside and multiplied in, in order, at the end.
+The initial vector (the factors of x_0 alone) is added last, and both chain ends summed out.
+
+Two kernels compute ``log(exp(A) @ exp(B))``: "broadcast" is exact (logsumexp of the
+broadcast sum, materializing ``(..., K, K, K)``); "matmul" shifts A by its row maxima and B
+by its column maxima (detached: the identity holds for any constant, so gradients are exact),
+multiplies, and adds the shifts back. Both keep every intermediate in log space, so a
+10,000-step chain stays finite in float32.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+
+def run_scan(spec, operands):
+    """The log-sum over the chain of a ScanSpec: a tensor over ``spec.batch``.
+
+    Args:
+        spec: the ScanSpec.
+        operands: the step's input tensors, in the step's input order, each laid out over
+            its labels (as ``runtime.contract`` binds them).
+    """
+    steps = sum(_stack_role(groups, operands) for groups in spec.roles)
+    product = chain_product(steps, spec.rounds, spec.tail_kernel)     # (*batch, K, K)
+    if spec.init:
+        product = product + _init_vector(spec.init, operands).unsqueeze(-1)
+    result = torch.logsumexp(product.flatten(-2), -1)
+    if tuple(result.shape) != spec.batch_shape:
+        result = result.expand(spec.batch_shape)
+    return result
+
+
+def chain_product(steps, rounds, tail_kernel="broadcast"):
+    """``log(exp(M_0) @ exp(M_1) @ ... @ exp(M_{n-1}))`` for ``steps`` of shape (n, ..., K, K),
+    by ``len(rounds)`` halving rounds (``rounds`` names each one's kernel)."""
+    leftovers = []
+    for kernel in rounds:
+        n = steps.shape[0]
+        pairs = n // 2
+        if n % 2:
+            leftovers.append(steps[n - 1])
+        steps = log_matmul(steps[0:2 * pairs:2], steps[1:2 * pairs:2], kernel)
+    if steps.shape[0] != 1:
+        raise ValueError(f"{len(rounds)} rounds leave {steps.shape[0]} step matrices, not 1")
+    product = steps[0]
+    for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
+        product = log_matmul(product, tail, tail_kernel)
+    return product
+
+
+def log_matmul(a, b, kernel="broadcast"):
+    """``log(exp(a) @ exp(b))`` over the last two dims, batch dims broadcast."""
+    if kernel == "broadcast":
+        return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
+    row = a.detach().amax(-1, keepdim=True)
+    col = b.detach().amax(-2, keepdim=True)
+    row = torch.where(torch.isfinite(row), row, torch.zeros_like(row))
+    col = torch.where(torch.isfinite(col), col, torch.zeros_like(col))
+    return torch.log(torch.matmul(torch.exp(a - row), torch.exp(b - col))) + row + col
+
+
+def _stack_role(groups, operands):
+    """One role's factors of every step, as one tensor (steps, *canonical shape)."""
+    parts, order = [], ()
+    for group in groups:
+        parts.append(_stack_group(group, operands))
+        order += group.steps
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts)[_inverse(order).to(parts[0].device)]
+
+
+def _stack_group(group, operands):
+    n = len(group.positions)
+    stacked = torch.stack([operands[p] for p in group.positions])
+    if group.raw:
+        if group.view_shape != group.source_shape:
+            stacked = stacked.reshape((n,) + group.view_shape)
+        if group.bound_shape != group.view_shape:
+            stacked = stacked.expand((n,) + group.bound_shape)
+    perm = (0,) + tuple(1 + i for i in group.perm)
+    return stacked.permute(perm).reshape((n,) + group.shape)
+
+
+def _init_vector(groups, operands):
+    """The sum of the factors of x_0 alone, over (*batch, K)."""
+    return sum(_stack_group(group, operands).sum(0) for group in groups)
+
+
+@lru_cache(maxsize=256)
+def _inverse(order):
+    """Index putting the concatenated groups back in step order."""
+    inverse = [0] * len(order)
+    for i, step in enumerate(order):
+        inverse[step] = i
+    return torch.tensor(inverse)

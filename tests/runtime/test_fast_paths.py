@@ -1,0 +1,339 @@
+"""The per-step fast paths compute exactly what the reference paths compute.
+
+* Unchecked steps: once a plan's first step has run with torch's distribution checks on,
+  later steps run with them off. Same random draws must give bit-identical losses and
+  gradients, and bad values must still raise the same errors.
+* Lean recording: with no user handler active, ``param`` statements skip the handler stack.
+  The records, losses and gradients must equal those of the full stack (forced here by an
+  extra no-op handler).
+"""
+
+import pytest
+import torch
+from torch import nn
+from torch.distributions import Distribution
+
+import svigraph as sg
+import svigraph.primitives as primitives
+from svigraph import distributions as dist
+from svigraph.constraints import positive
+from svigraph.effects import Messenger
+from svigraph.errors import NonFiniteLossError, SupportError
+from svigraph.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
+from svigraph.infer.elbo import RECHECK_EVERY
+
+FLIPS = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
+CHECKS = []  # torch's default validation flag, as each model run saw it
+
+
+# ---- models: one per kind of plan the runtime executes ------------------------------------
+def coin_model(flips):
+    CHECKS.append(Distribution._validate_args)
+    f = sg.sample("f", dist.Beta(10.0, 10.0))
+    with sg.plate("flips", len(flips)):
+        sg.sample("obs", dist.Bernoulli(f), obs=flips)
+
+
+def coin_score_guide(flips):
+    a = sg.param("a", torch.tensor(12.0), constraint=positive)
+    b = sg.param("b", torch.tensor(9.0), constraint=positive)
+    sg.sample("f", dist.Beta(a, b).with_rsample(False),
+              infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}})
+
+
+def coin_pathwise_guide(flips):
+    a = sg.param("a", torch.tensor(12.0), constraint=positive)
+    b = sg.param("b", torch.tensor(9.0), constraint=positive)
+    sg.sample("f", dist.Beta(a, b))
+
+
+def mixture_model(x):
+    CHECKS.append(Distribution._validate_args)
+    locs = sg.sample("locs", dist.Normal(torch.zeros(3), 5.0).to_event(1))
+    with sg.plate("data", len(x)):
+        z = sg.sample("z", dist.Categorical(torch.ones(3) / 3))
+        sg.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+
+def mixture_guide(x):
+    m = sg.param("m", torch.tensor([-1.0, 0.0, 1.0]))
+    locs = sg.sample("locs", dist.Normal(m, 1.0).to_event(1))
+    logits = sg.param("logits", torch.zeros(len(x), 3))
+    with sg.plate("data", len(x)):
+        sg.sample("z", dist.Categorical(logits=logits))
+    return locs
+
+
+def enum_model(x):
+    CHECKS.append(Distribution._validate_args)
+    locs = sg.sample("locs", dist.Normal(torch.zeros(3), 5.0).to_event(1))
+    with sg.plate("data", len(x)):
+        z = sg.sample("z", dist.Categorical(torch.ones(3) / 3),
+                      infer={"enumerate": "parallel"})
+        sg.sample("x", dist.Normal(locs[z], 1.0), obs=x)
+
+
+def locs_guide(x):
+    m = sg.param("m", torch.tensor([-1.0, 0.0, 1.0]))
+    sg.sample("locs", dist.Normal(m, 1.0).to_event(1))
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.p = nn.Linear(4, 6)
+        self.q = nn.Linear(6, 4)
+        self.base = nn.Linear(6, 1)
+
+
+NET = None
+
+
+def belief_model(x):
+    CHECKS.append(Distribution._validate_args)
+    sg.module("net", NET)
+    with sg.plate("batch", x.shape[0]):
+        z = sg.sample("z", dist.Bernoulli(logits=torch.zeros(x.shape[0], 4)).to_event(1))
+        sg.sample("x", dist.Bernoulli(logits=NET.p(z)).to_event(1), obs=x)
+
+
+def belief_guide(x):
+    sg.module("net", NET)
+    with sg.plate("batch", x.shape[0]):
+        sg.sample("z", dist.Bernoulli(logits=NET.q(x)).to_event(1),
+                  infer={"baseline": {"nn_baseline": lambda v: NET.base(v).squeeze(-1),
+                                      "nn_baseline_input": x}})
+
+
+def chain_model(x):
+    CHECKS.append(Distribution._validate_args)
+    z = torch.tensor(0.0)
+    for i in range(6):
+        z = sg.sample(f"z{i}", dist.Normal(z, 1.0))
+    sg.sample("x", dist.Normal(z, 1.0), obs=x)
+
+
+def chain_guide(x):
+    for i in range(6):
+        m = sg.param(f"m{i}", torch.tensor(0.1 * i))
+        s = sg.param(f"s{i}", torch.tensor(1.0), constraint=positive)
+        sg.sample(f"z{i}", dist.Normal(m, s).with_rsample(i % 2 == 0))
+
+
+def _belief_data():
+    return (torch.rand(5, 6, generator=torch.Generator().manual_seed(3)) < 0.4).float()
+
+
+CASES = {
+    "coin-score-baseline": (coin_model, coin_score_guide, TraceGraph_ELBO, lambda: (FLIPS,)),
+    "coin-pathwise": (coin_model, coin_pathwise_guide, Trace_ELBO, lambda: (FLIPS,)),
+    "mixture-score": (mixture_model, mixture_guide, TraceGraph_ELBO,
+                      lambda: (torch.tensor([-2.0, 0.1, 2.5, 1.0]),)),
+    "mixture-enum": (enum_model, locs_guide, lambda: TraceEnum_ELBO(max_plate_nesting=1),
+                     lambda: (torch.tensor([-2.0, 0.1, 2.5, 1.0]),)),
+    "belief-nn-baseline": (belief_model, belief_guide, TraceGraph_ELBO, lambda: (_belief_data(),)),
+    "chain-half-score": (chain_model, chain_guide, TraceGraph_ELBO, lambda: (torch.tensor(1.0),)),
+}
+
+
+@pytest.fixture(autouse=True)
+def _fresh():
+    global NET
+    torch.manual_seed(0)
+    NET = Net()
+    CHECKS.clear()
+    yield
+    CHECKS.clear()
+
+
+def _loss_and_grads(elbo, model, guide, args, seed):
+    torch.manual_seed(seed)
+    loss = elbo.differentiable_loss(model, guide, *args)
+    leaves = dict(sg.get_param_store().named_parameters())
+    for leaf in leaves.values():
+        leaf.grad = None
+    loss.backward()
+    grads = {name: leaf.grad.clone() for name, leaf in leaves.items() if leaf.grad is not None}
+    for leaf in leaves.values():
+        leaf.grad = None
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_unchecked_step_equals_checked_step(case, monkeypatch):
+    """A warm objective (plan validated, so its step runs unchecked) and a fresh one (its
+    first step runs checked) give bit-identical losses and gradients from the same seed,
+    baseline state included. The unchecked step checks only its one observed value."""
+    model, guide, make_elbo, make_args = CASES[case]
+    args = make_args()
+    warm, fresh = make_elbo(), make_elbo()
+    for seed in (10, 11):  # compile, then one unchecked step
+        _loss_and_grads(warm, model, guide, args, seed)
+    CHECKS.clear()
+    fresh.baselines.set_state(warm.baselines.get_state())
+    checked_values = []
+    real_check = Distribution._validate_sample
+
+    def counting_check(self, value):
+        checked_values.append(type(self).__name__)
+        return real_check(self, value)
+
+    monkeypatch.setattr(Distribution, "_validate_sample", counting_check)
+    fast_loss, fast_grads = _loss_and_grads(warm, model, guide, args, seed=7)
+    assert CHECKS == [False], "the warm objective did not take the unchecked path"
+    assert len(checked_values) == 1, checked_values  # the observed site, nothing else
+    monkeypatch.undo()
+    CHECKS.clear()
+    ref_loss, ref_grads = _loss_and_grads(fresh, model, guide, args, seed=7)
+    assert CHECKS[0] is True, "the fresh objective did not check its first step"
+    assert torch.equal(fast_loss, ref_loss), (fast_loss, ref_loss)
+    assert fast_grads.keys() == ref_grads.keys() and fast_grads
+    for name in ref_grads:
+        assert torch.equal(fast_grads[name], ref_grads[name]), name
+    assert warm.baselines.get_state().keys() == fresh.baselines.get_state().keys()
+    for site, avg in warm.baselines.get_state().items():
+        assert torch.equal(avg, fresh.baselines.get_state()[site]), site
+
+
+def test_training_with_fast_paths_equals_reference_training():
+    """Fifty SVI steps with every fast path on equal, bit for bit, fifty steps run fully
+    checked through the full handler stack (the reference path)."""
+    def train(reference):
+        sg.clear_param_store()
+        torch.manual_seed(1)
+        elbo = TraceGraph_ELBO()
+        svi = SVI(coin_model, coin_score_guide, sg.optim.Adam({"lr": 0.05}), elbo)
+        losses = []
+        for _ in range(50):
+            if reference:
+                elbo._validated.clear()  # every step is a plan's first: checked
+                with Messenger():        # a user handler: the full stack for every statement
+                    losses.append(svi.step(FLIPS))
+            else:
+                losses.append(svi.step(FLIPS))
+        return losses, {k: v.detach().clone() for k, v in sg.get_param_store().items()}
+
+    fast_losses, fast_params = train(reference=False)
+    ref_losses, ref_params = train(reference=True)
+    assert fast_losses == ref_losses
+    for name, value in ref_params.items():
+        assert torch.equal(fast_params[name], value), name
+
+
+def test_periodic_checked_step():
+    """Every RECHECK_EVERY-th particle on a validated plan runs checked (a safety net)."""
+    elbo = Trace_ELBO()
+    for _ in range(RECHECK_EVERY + 3):
+        elbo.loss(coin_model, coin_pathwise_guide, FLIPS)
+    # run 0: checked; 1: compiling (its tracing always unchecked); then RECHECK_EVERY
+    # unchecked steps, one checked, one unchecked
+    assert len(CHECKS) == RECHECK_EVERY + 4
+    assert [i for i, checked in enumerate(CHECKS) if checked] == [0, RECHECK_EVERY + 2]
+
+
+def test_new_structure_runs_checked():
+    """A step that lands on a plan not seen before (a new data size) runs checked, and its
+    draws are those of an unchecked attempt (the replay restores the random state)."""
+    elbo = TraceGraph_ELBO()
+    for _ in range(3):
+        elbo.loss(coin_model, coin_score_guide, FLIPS)
+    longer = torch.cat([FLIPS, FLIPS])
+    CHECKS.clear()
+    torch.manual_seed(5)
+    value = elbo.loss(coin_model, coin_score_guide, longer)
+    assert CHECKS[-1] is True and len(elbo._cache(coin_model, coin_score_guide)) == 2
+    torch.manual_seed(5)
+    assert TraceGraph_ELBO().loss(coin_model, coin_score_guide, longer) == value
+
+
+# ---- errors are still raised on unchecked steps -------------------------------------------
+def test_observed_value_outside_support_on_unchecked_step():
+    elbo = Trace_ELBO()
+    for _ in range(3):
+        elbo.loss(coin_model, coin_pathwise_guide, FLIPS)
+    bad = FLIPS.clone()
+    bad[2] = 2.0  # Bernoulli data must be 0 or 1; its unchecked log-prob would be finite
+    with pytest.raises(SupportError, match="obs"):
+        elbo.loss(coin_model, coin_pathwise_guide, bad)
+
+
+def test_nan_param_on_unchecked_step_names_the_param():
+    elbo = Trace_ELBO()
+    for _ in range(3):
+        elbo.differentiable_loss(coin_model, coin_pathwise_guide, FLIPS)
+    with torch.no_grad():
+        dict(sg.get_param_store().named_parameters())["a"].fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="'a'"):
+        elbo.differentiable_loss(coin_model, coin_pathwise_guide, FLIPS)
+
+
+def _shifted_model(shift):
+    def model(flips):
+        f = sg.sample("f", dist.Beta(10.0, 10.0))
+        with sg.plate("flips", len(flips)):
+            sg.sample("obs", dist.Normal(f, 1.0 - shift[0]), obs=flips)
+    return model
+
+
+def test_invalid_argument_on_unchecked_step_raises_torch_error():
+    """An argument outside its constraint that makes the loss non-finite (a negative
+    scale: log of a negative number): the replayed, checked step raises torch's own error."""
+    shift = [0.0]
+    model = _shifted_model(shift)
+    elbo = Trace_ELBO()
+    for _ in range(3):
+        elbo.loss(model, coin_pathwise_guide, FLIPS)
+    shift[0] = 3.0
+    with pytest.raises(ValueError, match="scale"):
+        elbo.loss(model, coin_pathwise_guide, FLIPS)
+
+
+def test_invalid_argument_with_finite_loss_raises_by_the_periodic_check():
+    """An argument outside its constraint whose unchecked loss stays finite (torch clamps
+    Bernoulli probs above 1) is caught at the latest by the periodic checked step."""
+    shift = [0.0]
+
+    def model(flips):
+        f = sg.sample("f", dist.Beta(10.0, 10.0))
+        with sg.plate("flips", len(flips)):
+            sg.sample("obs", dist.Bernoulli(f + shift[0]), obs=flips)
+
+    elbo = Trace_ELBO()
+    for _ in range(3):
+        elbo.loss(model, coin_pathwise_guide, FLIPS)
+    shift[0] = 2.0  # probs above 1
+    with pytest.raises(ValueError, match="probs"):
+        for _ in range(RECHECK_EVERY + 1):
+            elbo.loss(model, coin_pathwise_guide, FLIPS)
+
+
+# ---- lean recording -----------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["belief-nn-baseline", "chain-half-score", "mixture-score"])
+def test_lean_params_equal_full_stack(case, monkeypatch):
+    """With no user handler, params skip the stack: same params recorded, same loss and
+    gradients as with a (no-op) user handler forcing every statement through the stack."""
+    model, guide, make_elbo, make_args = CASES[case]
+    args = make_args()
+    messages = []
+    real_apply_stack = primitives.apply_stack
+
+    def counting_apply_stack(msg):
+        messages.append(msg["type"])
+        return real_apply_stack(msg)
+
+    monkeypatch.setattr(primitives, "apply_stack", counting_apply_stack)
+    elbo = make_elbo()
+    _loss_and_grads(elbo, model, guide, args, seed=1)
+    messages.clear()
+    lean_loss, lean_grads = _loss_and_grads(elbo, model, guide, args, seed=2)
+    lean_params = set(elbo.last_params)
+    assert "param" not in messages and lean_params
+    messages.clear()
+    with Messenger():
+        full_loss, full_grads = _loss_and_grads(elbo, model, guide, args, seed=2)
+    assert "param" in messages
+    assert set(elbo.last_params) == lean_params
+    assert torch.equal(lean_loss, full_loss)
+    assert lean_grads.keys() == full_grads.keys()
+    for name in full_grads:
+        assert torch.equal(lean_grads[name], full_grads[name]), name
