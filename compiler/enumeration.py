@@ -242,7 +242,8 @@ def plan_contraction(factors, sum_vars, plates, *, plate_sizes, var_sizes, outpu
         plate_sizes, var_sizes: label -> size.
         output: the order of the result's dims (default: first appearance).
         optimize: an opt_einsum path strategy ("auto", "greedy", "optimal", ...).
-        broadcast_limit: the largest joint index space contracted exactly by broadcasting.
+        broadcast_limit: the largest joint index space contracted exactly by broadcasting;
+            larger ones are too when no operand is smaller than it (0: never broadcast).
         scan: "auto" contracts a homogeneous Markov chain of at least ``SCAN_MIN_LENGTH``
             variables by a parallel scan (``compiler.enumeration_scan``); True does so for
             any chain of 2 or more; False always plans plain sequential elimination.
@@ -593,7 +594,11 @@ def _pairwise_ops(subs, out_subs, path, ctx):
 
 def _pairwise_op(positions, taken, out, joint, sizes, limit):
     joint_elements = math.prod(sizes[c] for c in joint)
-    if joint_elements <= limit:
+    largest = max(math.prod(sizes[c] for c in s) for s in taken)
+    # broadcasting materializes the joint space: cheap when small, or when an operand is
+    # already that big (no blow-up; einsum would only add exp, log and max passes).
+    # limit 0 forces the einsum kernel everywhere.
+    if joint_elements <= limit or (limit > 0 and joint_elements <= largest):
         kernel, peak = "broadcast", joint_elements
     else:
         kernel = "einsum"

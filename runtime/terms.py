@@ -6,9 +6,14 @@ thing in a compiled plan and in a hand-written ELBO.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 
 from compiler.errors import SupportError
+
+# a plate-expanded distribution's attribute: the distribution it was expanded from
+UNEXPANDED = "_svigraph_unexpanded"
 
 
 def site_log_prob(site, program=None):
@@ -17,8 +22,15 @@ def site_log_prob(site, program=None):
     Raises:
         SupportError: naming the site (and program) when the distribution refuses the value.
     """
+    fn = site["fn"]
     try:
-        return site["fn"].log_prob(site["value"])
+        base = fn.__dict__.get(UNEXPANDED)
+        if base is not None:
+            shape = _broadcast_shape(site["value"], fn)
+            if shape is not None:
+                lp = base.log_prob(site["value"])
+                return lp if lp.shape == shape else lp.expand(shape)
+        return fn.log_prob(site["value"])
     except ValueError as err:
         fn, value = site["fn"], site["value"]
         where = f"{program} site" if program else "site"
@@ -29,6 +41,31 @@ def site_log_prob(site, program=None):
              f"event {tuple(fn.event_shape)}, support {fn.support}"],
             "check that the value lies in the distribution's support and has the site's shape",
             site=site["name"]) from err
+
+
+def _broadcast_shape(value, fn):
+    """The shape ``fn.log_prob(value)`` has (value's batch dims broadcast with fn's), or None
+    when they do not broadcast (then the full ``log_prob`` raises its own error)."""
+    shape = getattr(value, "shape", None)
+    if shape is None:
+        return None
+    return _broadcast(tuple(shape), len(fn.event_shape), tuple(fn.batch_shape))
+
+
+@lru_cache(maxsize=1024)
+def _broadcast(value_shape, event_dims, batch_shape):
+    """Plain-tuple broadcasting, cached (``torch.broadcast_shapes`` costs microseconds)."""
+    if event_dims:
+        value_shape = value_shape[:len(value_shape) - event_dims]
+    n = max(len(value_shape), len(batch_shape))
+    a = (1,) * (n - len(value_shape)) + value_shape
+    b = (1,) * (n - len(batch_shape)) + batch_shape
+    out = []
+    for x, y in zip(a, b):
+        if x != y and x != 1 and y != 1:
+            return None
+        out.append(y if x == 1 else x)
+    return torch.Size(out)
 
 
 def mask_log_prob(log_prob, mask):

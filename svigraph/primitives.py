@@ -8,6 +8,7 @@ from collections import namedtuple
 import torch
 
 from compiler.errors import PlateError
+from runtime.terms import UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
 from svigraph.params import get_param_store
@@ -236,7 +237,12 @@ class plate(Messenger):
                 site=msg["name"], plate=self.name,
                 shapes={"batch": tuple(fn.batch_shape), "plate": self.subsample_size})
         batch[self.dim] = self.subsample_size
-        return fn.expand(torch.Size(batch))
+        expanded = fn.expand(torch.Size(batch))
+        # The log density of an expanded distribution is the unexpanded one's, broadcast:
+        # runtime.terms computes it on the small one (a plate of N over a global
+        # Categorical would otherwise normalize N copies of its logits every step).
+        expanded.__dict__[UNEXPANDED] = fn.__dict__.get(UNEXPANDED, fn)
+        return expanded
 
     # sequential use
     def __iter__(self):

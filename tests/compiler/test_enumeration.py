@@ -344,3 +344,20 @@ def test_factor_from_shape_reads_pyro_layout():
     assert factor == Factor("model:obs", ("z", None, None, "data"), ("data",))
     with pytest.raises(EnumerationError, match="size 3 at dim -2"):
         factor_from_shape("model:x", (2, 3, 5), var_dims={"z": -3}, plate_dims={"data": -1})
+
+
+def test_broadcast_kernel_when_nothing_blows_up():
+    """A pairwise op whose joint space is no bigger than an operand broadcasts, however
+    large (einsum would only add passes); one that would materialize more uses einsum."""
+    factors = [factor_from_shape("x", (3, 200_000), var_dims={"z": -2}, plate_dims={"i": -1},
+                                 plates=("i",)),
+               factor_from_shape("z", (3, 1), var_dims={"z": -2}, plate_dims={"i": -1},
+                                 plates=("i",))]
+    plan = plan_contraction(factors, ("z",), ("i",), plate_sizes={"i": 200_000},
+                            var_sizes={"z": 3})
+    assert {op.kernel for step in plan.steps for op in step.ops} == {"broadcast"}
+    chain = [factor_from_shape(f"m{t}", (600, 600), var_dims={f"v{t}": -2, f"v{t + 1}": -1},
+                               plate_dims={}, plates=()) for t in range(2)]
+    plan = plan_contraction(chain, ("v0", "v1", "v2"), (), plate_sizes={},
+                            var_sizes={f"v{t}": 600 for t in range(3)})
+    assert "einsum" in {op.kernel for step in plan.steps for op in step.ops}
