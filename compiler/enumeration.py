@@ -283,20 +283,24 @@ def plan_contraction(factors, sum_vars, plates, *, plate_sizes, var_sizes, outpu
         tuple(sorted(reduce)), tuple(tuple(n for n in names if n in r.sources) for r in results))
 
 
-def factor_from_shape(name, shape, *, var_dims, plate_dims, plates=()):
+def factor_from_shape(name, shape, *, var_dims, plate_dims, plates=None):
     """A Factor for a tensor laid out as Pyro lays out enumerated log-probs. Pure.
 
     Args:
         shape: the tensor's shape (its batch shape).
         var_dims: variable -> its enum dim (negative, e.g. ``{"z": -2}``).
-        plate_dims: plate -> its dim (negative, e.g. ``{"data": -1}``).
-        plates: the plates the site lives in (its ``cond_indep_stack``).
+        plate_dims: plate -> its dim (negative, e.g. ``{"data": -1}``); it may hold plates
+            of other sites too, sibling plates sharing a dim among them.
+        plates: the plates the site lives in (its ``cond_indep_stack``). Only their dims
+            label the tensor: sibling plates may share a dim, and a site varies only along
+            its own. None: every plate of ``plate_dims`` (they must have distinct dims).
 
     Size-1 dims become ``None``; the sizes themselves are checked by ``plan_contraction``.
     Time: O(len(shape) + len(var_dims) + len(plate_dims)).
     """
     by_dim = {d: v for v, d in var_dims.items()}
-    by_dim.update({d: p for p, d in plate_dims.items()})
+    by_dim.update({d: p for p, d in plate_dims.items() if plates is None or p in plates})
+    plates = () if plates is None else plates
     dims = []
     for pos, size in enumerate(shape):
         label = by_dim.get(pos - len(shape))

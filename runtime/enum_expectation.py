@@ -132,8 +132,9 @@ def _dims(plan, records, static):
 
 def _label(tensor, reads, var_dims, plate_dims, plates, name):
     """Label each dim of ``tensor``; dims of size > 1 that nothing names are summed (a site's
-    batch dims outside any plate belong to one joint term)."""
-    by_dim = {d: p for p, d in plate_dims.items()}
+    batch dims outside any plate belong to one joint term). Only the dims of ``plates`` (the
+    term's own) name plates: sibling plates may share a dim."""
+    by_dim = {d: p for p, d in plate_dims.items() if p in plates}
     by_dim.update({var_dims[v]: v for v in reads if v in var_dims})
     labels, keep, summed = [], [], []
     for pos, size in enumerate(tensor.shape):
