@@ -16,6 +16,7 @@ from compiler.errors import NonFiniteLossError
 from runtime.analytic_kl import add_kl_terms
 from runtime.contract import execute
 from runtime.enum_expectation import run_weighted_plan
+from runtime.stacked_terms import stacked_log_probs
 from runtime.terms import masked_log_prob
 
 
@@ -43,9 +44,10 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     if plan.guide_enum or (plan.enum_terms and plan.scores):  # an expectation over q(enum)
         return run_weighted_plan(plan, records, baselines, with_surrogate, site_scales)
     unscaled, scaled, sums = {}, {}, []
+    stacked = stacked_log_probs(plan, records)  # sites in loops: one log_prob per group
     for term in plan.terms:
         site = records[term.program][term.site]
-        lp = masked_log_prob(site, term.program)
+        lp = masked_log_prob(site, term.program, stacked.get(term.key))
         unscaled[term.key] = lp
         scale = site["scale"]
         if site_scales and term.site in site_scales:
@@ -61,7 +63,7 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums else torch.zeros(0)
     elbo = totals.sum()
     if plan.enum_terms:
-        elbo = elbo + _log_marginal(plan, records, scaled)
+        elbo = elbo + _log_marginal(plan, records, scaled, stacked)
     surrogate = elbo.new_zeros(())
     if with_surrogate and plan.scores:
         whole = _whole_term_weights(plan, totals) @ totals.detach()
@@ -104,7 +106,7 @@ class _EnumLayout:
     factor_plate_scale: dict  # factor name -> product of its subsampled plates' scales
 
 
-def _log_marginal(plan, records, scaled):
+def _log_marginal(plan, records, scaled, stacked):
     """Sum the enumerated sites out of the factor terms exactly: log sum_z prod factors.
 
     The contraction (elimination order, opt_einsum paths, parallel scans of long chains) is
@@ -122,7 +124,7 @@ def _log_marginal(plan, records, scaled):
         site = model[term.site]
         lp = planned.get(key)
         if lp is None:
-            lp = masked_log_prob(site, "model")
+            lp = masked_log_prob(site, "model", stacked.get(("model", term.site)))
         tensors[key] = scaled[term.key] = lp
         scale = site["scale"]
         if not (scale.__class__ is float and scale == 1.0):

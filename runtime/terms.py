@@ -83,6 +83,9 @@ def scale_and_mask(log_prob, scale=1.0, mask=None):
     return log_prob
 
 
-def masked_log_prob(site, program=None):
-    """A site's log density with its mask applied (the score of a score-function site)."""
-    return mask_log_prob(site_log_prob(site, program), site["mask"])
+def masked_log_prob(site, program=None, log_prob=None):
+    """A site's log density with its mask applied (the score of a score-function site);
+    ``log_prob``, when given, is its unmasked log density computed already."""
+    if log_prob is None:
+        log_prob = site_log_prob(site, program)
+    return mask_log_prob(log_prob, site["mask"])

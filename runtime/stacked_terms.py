@@ -1,0 +1,170 @@
+"""Log densities of many same-shaped sites in one call: stack their parameters and values.
+
+A model with a loop (a chain of N latents, an HMM's T steps) has many sites whose
+distributions differ only in their parameter values: same class, same parameter shapes,
+same value shape. Their log densities are computed here as one ``log_prob`` of a distribution
+whose parameters are the sites' parameters stacked along a new leftmost dim, then split
+back per site. Each element is computed by the same arithmetic as site by site, so the
+values are identical; the step just runs a handful of kernels (and backward nodes) instead
+of a handful per site.
+
+Which sites stack is decided once per plan from its first step's records (the structure key
+fixes every shape) and cached beside the plan; each step only checks that every site still
+has the class and attributes of its group, else those sites run one by one.
+
+Stackable distributions: those whose instance state is tensors with the batch shape (plus
+event dims) as their leading dims and plain values, and whose ``log_prob`` is computed
+elementwise over the batch (``_STACKABLE``). Anything else runs site by site.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch import distributions as td
+
+from runtime.terms import UNEXPANDED
+
+# torch classes whose log_prob works batch element by batch element from tensor attributes
+# that carry the full batch shape (set by broadcast_all or the constructor)
+_STACKABLE = (td.Normal, td.Categorical, td.Bernoulli, td.Poisson, td.Gamma, td.Exponential,
+              td.Laplace, td.Cauchy, td.Gumbel, td.Geometric)
+MIN_GROUP = 2  # a group of one gains nothing
+
+_LAYOUTS = weakref.WeakKeyDictionary()  # plan -> tuple of _Group (or () when none)
+
+
+class _Group:
+    """Sites computed together: their class, how each site's parameters and value are padded
+    to a common rank, the per-site result shape, and the shape it is expanded to (when the
+    sites' distributions were plate-expanded from smaller ones)."""
+
+    __slots__ = ("program", "names", "cls", "pad", "value_pad", "batch_shape", "own_shape",
+                 "out_shape")
+
+    def __init__(self, program, names, cls, pad, value_pad, batch_shape, own_shape, out_shape):
+        self.program, self.names, self.cls = program, names, cls
+        self.pad, self.value_pad, self.batch_shape = pad, value_pad, batch_shape
+        self.own_shape, self.out_shape = own_shape, out_shape
+
+
+def stacked_log_probs(plan, records):
+    """{(program, site): unmasked log density} for the plan's terms that stack.
+
+    The other terms (and any group whose sites changed class) are left to the caller's
+    site-by-site path. Errors are never raised here: a group that fails is skipped, so the
+    site-by-site path raises its named error.
+    """
+    layout = _LAYOUTS.get(plan)
+    if layout is None:
+        names = [t.key for t in plan.terms] + [("model", t.site) for t in plan.enum_terms]
+        layout = _LAYOUTS[plan] = _plan_groups(records, dict.fromkeys(names))
+    if not layout:
+        return _NONE
+    out = {}
+    for group in layout:
+        sites = records[group.program]
+        try:
+            values = _group_log_probs(group, [sites[n] for n in group.names])
+        except Exception:  # noqa: BLE001 - the caller's per-site path reports the real error
+            continue
+        if values is not None:
+            for name, lp in zip(group.names, values):
+                out[(group.program, name)] = lp
+    return out
+
+
+_NONE = {}
+
+
+def _base(fn):
+    return fn.__dict__.get(UNEXPANDED, fn)
+
+
+def _signature(site):
+    """The grouping key of a site, or None when it cannot be stacked."""
+    fn = _base(site["fn"])
+    value = site["value"]
+    if not isinstance(fn, _STACKABLE) or not isinstance(value, torch.Tensor):
+        return None
+    batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
+    state = []
+    for key, attr in sorted(fn.__dict__.items()):
+        if key in ("_batch_shape", "_event_shape", "_validate_args"):
+            continue
+        if isinstance(attr, torch.Tensor):
+            if tuple(attr.shape[:len(batch)]) != batch:
+                return None  # not batch-shaped: stacking would misalign it
+            state.append((key, "tensor", tuple(attr.shape), attr.dtype, attr.device))
+        elif isinstance(attr, (int, float, bool, str, type(None))):
+            state.append((key, "value", attr))
+        else:
+            return None
+    return (type(fn), tuple(state), batch, event, tuple(value.shape), value.dtype,
+            tuple(site["fn"].batch_shape))
+
+
+def _plan_groups(records, names):
+    by_key = {}
+    for program, name in names:
+        site = records[program].get(name)
+        if site is None or site.get("type", "sample") != "sample":
+            continue
+        key = _signature(site)
+        if key is not None:
+            by_key.setdefault((program, key), []).append(name)
+    groups = []
+    for (program, key), members in by_key.items():
+        if len(members) < MIN_GROUP:
+            continue
+        cls, _, batch, event, value_shape, _, full_batch = key
+        value_batch = value_shape[:len(value_shape) - len(event)]
+        rank = max(len(batch), len(value_batch))
+        own = torch.Size(_broadcast(value_batch, batch))
+        out = torch.Size(_broadcast(value_batch, full_batch))
+        groups.append(_Group(program, tuple(members), cls, rank - len(batch),
+                             rank - len(value_batch), batch, own, None if out == own else out))
+    return tuple(groups)
+
+
+def _broadcast(a, b):
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
+    return tuple(y if x == 1 else x for x, y in zip(a, b))
+
+
+def _group_log_probs(group, sites):
+    """The group's log densities, one per site, or None when a site no longer fits."""
+    fns = [_base(site["fn"]) for site in sites]
+    first = fns[0]
+    keys = first.__dict__.keys()
+    for fn in fns:
+        if fn.__class__ is not group.cls or fn.__dict__.keys() != keys:
+            return None
+    stacked = first.__class__.__new__(first.__class__)
+    stacked.__dict__.update(first.__dict__)
+    lead = (1,) * group.pad
+    done = {}  # attributes that alias each other (Categorical's _param) stay aliased
+    for key, attr in first.__dict__.items():
+        if not isinstance(attr, torch.Tensor):
+            continue
+        if id(attr) in done:
+            stacked.__dict__[key] = done[id(attr)]
+            continue
+        tensors = [fn.__dict__[key] for fn in fns]
+        if lead:
+            tensors = [t.reshape(lead + t.shape) for t in tensors]
+        done[id(attr)] = stacked.__dict__[key] = torch.stack(tensors)
+    stacked.__dict__["_batch_shape"] = torch.Size((len(fns),) + lead + group.batch_shape)
+    values = [site["value"] for site in sites]
+    if group.value_pad:
+        pad = (1,) * group.value_pad
+        values = [v.reshape(pad + v.shape) for v in values]
+    log_prob = stacked.log_prob(torch.stack(values))
+    if log_prob.shape[1:] != group.own_shape:
+        return None
+    log_probs = log_prob.unbind(0)
+    if group.out_shape is not None:
+        log_probs = [lp.expand(group.out_shape) for lp in log_probs]
+    return log_probs
