@@ -139,7 +139,8 @@ def _check_enumeration_nesting(graph, estimators, model_enum):
             upstream = next(m for m in model_enum if outside[0] not in graph.nodes[m]["plates"])
             raise EnumerationError(
                 f"guide site {name!r} is enumerated inside plate {outside[0]!r}, but model "
-                f"site {upstream!r} is enumerated outside it",
+                f"site {upstream!r} is enumerated outside that plate (in an enclosing or a "
+                "sibling context)",
                 [f"guide {name!r}: plates {attrs['guide_plates']}; model {upstream!r}: plates "
                  f"{graph.nodes[upstream]['plates'] or '()'}",
                  "summing the model site out couples every slice of the guide site"],
