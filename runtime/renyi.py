@@ -80,11 +80,25 @@ def _rank(layout):
     return max((-d for d in dims), default=0)
 
 
+def _to_rank(t, rank):
+    """``t`` with exactly ``rank`` dims: left-padded with size-1 dims, or with its leading
+    dims dropped (they lie left of every kept dim, so ``_reduce`` left them size 1)."""
+    if t.dim() <= rank:
+        return t.reshape((1,) * (rank - t.dim()) + tuple(t.shape))
+    return t.reshape(tuple(t.shape[t.dim() - rank:]))
+
+
 def stack_particles(layout, tensors):
     """(K, *slices): the runs' tensors stacked, or the vectorized run's particle dim moved
-    first. Dims not kept are size 1."""
+    first. Dims not kept are size 1.
+
+    Every tensor is brought to the layout's rank first: a run's log weight and its score are
+    reduced from terms of different plates (a score site outside a plate the data are in
+    keeps fewer dims than the weight), and the two stacks must have the same shape, or
+    ``scores * cost`` in ``renyi_bound`` would broadcast particle k's score against every
+    particle's cost."""
     rank = _rank(layout)
-    padded = [t.reshape((1,) * (rank - t.dim()) + tuple(t.shape)) for t in tensors]
+    padded = [_to_rank(t, rank) for t in tensors]
     if layout.particle_dim is None:
         return torch.stack(torch.broadcast_tensors(*padded))
     (t,) = padded
@@ -102,6 +116,9 @@ def renyi_bound(layout, weights, scores=None):
     """
     beta = 1.0 - layout.alpha
     k = weights.shape[0]
+    if scores is not None and scores.dim() != weights.dim():
+        raise ValueError(f"Rényi scores of shape {tuple(scores.shape)} do not match the log "
+                         f"weights' {tuple(weights.shape)}: stack both with stack_particles")
     scale = layout.common_scale
     w = weights / scale if scale != 1.0 else weights  # each common slice at scale 1
     per_slice = (torch.logsumexp(beta * w, 0) - math.log(k)) / beta

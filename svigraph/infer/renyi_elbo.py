@@ -19,7 +19,7 @@ from compiler.renyi import RenyiError, check_renyi_graph, make_renyi_plan, renyi
 from runtime.executor import check_finite, run_plan
 from runtime.renyi import particle_weight, renyi_bound, stack_particles
 from svigraph.infer.elbo import ELBO, raise_if_params_not_finite
-from svigraph.recording import record
+from svigraph.recording import Recorder
 
 
 class RenyiELBO(ELBO):
@@ -35,7 +35,9 @@ class RenyiELBO(ELBO):
     and the slices' bounds are summed (as in Pyro). ``print(elbo.compile(...))`` shows the
     weight, the bound and the estimate in words.
 
-    Minibatches (``subsample_size``), which Pyro's RenyiELBO does not support:
+    Minibatches (``subsample_size``), which Pyro's RenyiELBO does not support. The K
+    particles of one step share each plate's subsample (drawn by the first particle), also
+    when they run one by one, so all K weights are of the same minibatch:
 
     * a subsampled plate that every site is in (a VAE's data plate): each slice's weight is
       taken at scale 1 and the sum of the minibatch's slice bounds is multiplied by
@@ -97,11 +99,14 @@ class RenyiELBO(ELBO):
         return make_renyi_plan(plan, layout)
 
     # ---- execution ---------------------------------------------------------------------
-    def _run(self, model, guide, args, kwargs, with_scores, site_scales):
-        """One recorded run on its plan: (plan, log weight, score)."""
+    def _run(self, model, guide, args, kwargs, with_scores, site_scales, shared):
+        """One recorded run on its plan: (plan, log weight, score).
+
+        ``shared`` holds the plate subsamples of the step's first particle (name -> message);
+        the run reuses them and adds its own (see ``_record_particle``)."""
         run_model, run_guide = self._programs(model, guide)
         try:
-            guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
+            guide_rec, model_rec = _record_particle(run_model, run_guide, args, kwargs, shared)
         except ValueError as err:
             raise_if_params_not_finite(err)
             raise
@@ -118,7 +123,11 @@ class RenyiELBO(ELBO):
     def _estimate(self, model, guide, args, kwargs, with_surrogate):
         site_scales = kwargs.pop("site_scales", None)
         self.last_params = {}
-        runs = [self._run(model, guide, args, kwargs, with_surrogate, site_scales)
+        # the K particles of one step share the plates' subsamples: a slice of a common plate
+        # is one datapoint in every particle, and a global latent's weights are all of one
+        # minibatch (the estimates the class docstring states need both)
+        shared = {}
+        runs = [self._run(model, guide, args, kwargs, with_surrogate, site_scales, shared)
                 for _ in range(self._runs)]
         layout = runs[0][0].renyi
         if any(plan.renyi.common_scale != layout.common_scale for plan, _, _ in runs):
@@ -153,3 +162,23 @@ class RenyiELBO(ELBO):
         with torch.no_grad():
             bound, _ = self._estimate(model, guide, args, kwargs, with_surrogate=False)
         return -float(bound)
+
+
+def _record_particle(model, guide, args, kwargs, shared):
+    """Run the guide, then the model replayed on it (as ``svigraph.recording.record``), with
+    every plate subsample named in ``shared`` reused instead of drawn afresh; the subsamples
+    drawn in this run are added to ``shared``. Returns the two Recorders."""
+    source = Recorder()
+    source.subsamples = shared
+    guide_rec = Recorder(replay=source)
+    with guide_rec:
+        guide(*args, **kwargs)
+    replay = Recorder()
+    replay.sites = guide_rec.sites
+    replay.subsamples = {**shared, **guide_rec.subsamples}
+    model_rec = Recorder(replay=replay)
+    with model_rec:
+        model(*args, **kwargs)
+    for name, msg in {**guide_rec.subsamples, **model_rec.subsamples}.items():
+        shared.setdefault(name, msg)
+    return guide_rec, model_rec
