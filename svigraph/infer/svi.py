@@ -20,12 +20,22 @@ class SVI:
         model, guide: the programs.
         optim: an ``svigraph.optim`` optimizer (called on the params each step).
         loss: an ELBO, or any callable ``(model, guide, *args, **kwargs) -> tensor``.
+        loss_and_grads: optional callable ``(model, guide, *args, **kwargs) -> float`` that
+            computes the loss and runs ``backward`` itself (as Pyro's argument); ``step``
+            then calls it instead of differentiating ``loss``.
+        num_samples, num_steps: accepted for Pyro compatibility (they configure Pyro's
+            deprecated ``SVI.run``, which svigraph does not have) and ignored.
     """
 
-    def __init__(self, model, guide, optim, loss, **kwargs):
+    def __init__(self, model, guide, optim, loss, loss_and_grads=None, num_samples=0,
+                 num_steps=0, **kwargs):
         if not callable(loss):
             raise TypeError(f"loss must be an ELBO or a callable, got {type(loss).__name__}")
+        if loss_and_grads is not None and not callable(loss_and_grads):
+            raise TypeError("loss_and_grads must be a callable (model, guide, *args, **kwargs)"
+                            f" -> float, got {type(loss_and_grads).__name__}")
         self.model, self.guide, self.optim, self.loss = model, guide, optim, loss
+        self.loss_and_grads = loss_and_grads
 
     @property
     def plan(self):
@@ -34,6 +44,8 @@ class SVI:
 
     def step(self, *args, **kwargs):
         """Take one gradient step; return the loss (−ELBO estimate) as a float."""
+        if self.loss_and_grads is not None:
+            return self._step_with(self.loss_and_grads, args, kwargs)
         if isinstance(self.loss, ELBO):
             loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
             params = self.loss.param_leaves()
@@ -51,6 +63,22 @@ class SVI:
         for p in params:
             p.grad = None
         return float(loss.detach())
+
+    def _step_with(self, loss_and_grads, args, kwargs):
+        """A step whose backward the user's ``loss_and_grads`` runs; the params it touched
+        (captured as for a custom loss) get the optimizer step."""
+        with trace(param_only=True) as capture:
+            loss = loss_and_grads(self.model, self.guide, *args, **kwargs)
+        loss = float(loss)
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            raise NonFiniteLossError(f"the loss is {loss}; parameters were not updated",
+                                     fix="check loss_and_grads for log(0) or overflow")
+        params = [site["value"].unconstrained() for site in capture.trace.values()]
+        params = [p for p in params if p.grad is not None]
+        self.optim(params)
+        for p in params:
+            p.grad = None
+        return loss
 
     def evaluate_loss(self, *args, **kwargs):
         """The loss without a gradient step."""
