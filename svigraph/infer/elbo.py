@@ -18,6 +18,7 @@ step.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import weakref
@@ -56,6 +57,25 @@ def raise_if_params_not_finite(err):
 # Every this many particles one runs with torch's checks on even on a validated plan: a
 # safety net for arguments that drift out of their constraints while the loss stays finite.
 RECHECK_EVERY = 100
+
+
+class gc_paused:
+    """Python's cyclic garbage collector off while a step records and executes, restored
+    on exit. A step allocates container objects for every site (messages, distributions),
+    all freed by reference counting when it ends; at tens of thousands of sites the
+    collector's repeated scans of the growing live set cost a quarter of the step (HMM,
+    T=10,000: 3.5 s -> 2.6 s). Reference cycles made during the step are collected later."""
+
+    __slots__ = ("was_enabled",)
+
+    def __enter__(self):
+        self.was_enabled = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        if self.was_enabled:
+            gc.enable()
 
 
 class _Unvalidated(Exception):
@@ -265,16 +285,17 @@ class ELBO:
         site_scales = kwargs.pop("site_scales", None)
         self.last_params = {}
         total = 0.0
-        for _ in range(self._runs):
-            parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
-            total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
+        with gc_paused():
+            for _ in range(self._runs):
+                parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
+                total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
         self.step_count += 1
         return total / self.num_particles
 
     def loss(self, model, guide, *args, **kwargs):
         """The −ELBO estimate, a float (no gradients are computed)."""
         site_scales = kwargs.pop("site_scales", None)
-        with torch.no_grad():
+        with torch.no_grad(), gc_paused():
             total = 0.0
             for _ in range(self._runs):
                 total -= float(self._particle(model, guide, args, kwargs, False, site_scales).elbo)

@@ -371,3 +371,33 @@ def test_plate_expanded_log_prob_of_a_badly_shaped_value_raises_as_before():
     assert UNEXPANDED in site["fn"].__dict__
     with pytest.raises(SupportError, match="'x'"):
         site_log_prob(site)
+
+
+def test_collector_is_paused_during_a_step_and_restored_after():
+    """The cyclic GC is off while a step records and executes, and left as found after,
+    also when the step raises."""
+    import gc
+    states = []
+
+    def model(flips):
+        states.append(gc.isenabled())
+        coin_model(flips)
+
+    sg.clear_param_store()
+    svi = SVI(model, coin_score_guide, sg.optim.Adam({"lr": 0.01}), TraceGraph_ELBO())
+    assert gc.isenabled()
+    svi.step(FLIPS)
+    assert states == [False, False] and gc.isenabled()  # traced once, then the step
+
+    def bad_model(flips):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        TraceGraph_ELBO().loss(bad_model, coin_score_guide, FLIPS)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        svi.step(FLIPS)
+        assert not gc.isenabled()  # left disabled when the caller had it disabled
+    finally:
+        gc.enable()
