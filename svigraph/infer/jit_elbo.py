@@ -24,8 +24,11 @@ Random draws replay from torch's global generator in the eager order, so with th
 the JIT objective computes what its eager counterpart computes (the tests check losses and
 gradients against it).
 
-``jit_options``: ``{"backend": "inductor" | "fx", "warmup": 1}``. "inductor" (default)
-compiles the graph to C++ kernels; "fx" replays the recorded aten calls with no compile time.
+``jit_options``: ``{"backend": "inductor" | "fx", "warmup": 1, "max_ops": 10_000}``.
+"inductor" (default) compiles the graph to C++ kernels; "fx" replays the recorded aten calls
+with no compile time. Inductor compiles about 50 aten ops a second on the development machine,
+so a step captured as more than ``max_ops`` ops (an HMM of a thousand steps) is not compiled:
+that structure runs eagerly, and the plan says so.
 ``warmup`` is the number of eager steps per structure before it is captured (at least 1: the
 first creates the params and the plan). Pyro's ``check_trace`` is accepted and ignored.
 ``ignore_jit_warnings=True`` silences warnings raised while capturing and compiling.
@@ -43,7 +46,7 @@ from torch.distributions import biject_to, constraints
 from compiler.plan import Plan
 from compiler.printing import format_plan
 from runtime.capture import (BACKENDS, CaptureRefused, PrecomputedGrads, capture_step,
-                             compile_captured, fresh_outputs)
+                             compile_captured, count_ops, fresh_outputs)
 from runtime.executor import run_plan
 from runtime.records import structure_key, args_signature
 from svigraph.effects import Messenger
@@ -53,6 +56,7 @@ from svigraph.params import get_param_store
 from svigraph.recording import record
 
 _PYRO_JIT_OPTIONS = ("check_trace", "optimize")  # torch.jit.trace's; meaningless here
+MAX_INDUCTOR_OPS = 10_000  # default jit_options max_ops: larger captured steps run eagerly
 
 
 # ---- the plan as printed by a JIT objective ------------------------------------------------
@@ -180,9 +184,11 @@ class _JitELBO:
             options.pop(key, None)
         self.jit_backend = options.pop("backend", "inductor")
         self.jit_warmup = int(options.pop("warmup", 1))
+        self.jit_max_ops = int(options.pop("max_ops", MAX_INDUCTOR_OPS))
         if options:
             raise ValueError(f"unknown jit_options {sorted(options)}; known: backend "
-                             f"({' | '.join(BACKENDS)}), warmup (eager steps before capture)")
+                             f"({' | '.join(BACKENDS)}), warmup (eager steps before capture), "
+                             "max_ops (largest graph inductor compiles)")
         if self.jit_backend not in BACKENDS:
             raise ValueError(f"jit_options backend must be one of {BACKENDS}, "
                              f"got {self.jit_backend!r}")
@@ -402,6 +408,15 @@ class _JitELBO:
         if not outputs[-1]:  # not finite: the eager step names the bad term
             torch.set_rng_state(rng)
             return None
+        ops = count_ops(graph)
+        if self.jit_backend == "inductor" and ops > self.jit_max_ops:
+            # inductor compiles ~50 ops a second here: a 10,000-op step would take minutes,
+            # and replaying it op by op ("fx") is no faster than the eager step
+            self._refuse(entry, f"the step is {ops} aten ops, over jit_options max_ops="
+                         f"{self.jit_max_ops}: compiling would take minutes; it runs eagerly "
+                         "(raise max_ops to compile it anyway)")
+            return self._finish(entry, fresh_outputs(types.SimpleNamespace(aliased=None),
+                                                     inputs, outputs), entry.leaves)
         outputs = fresh_outputs(types.SimpleNamespace(aliased=None), inputs, outputs)
         entry.step = compile_captured(graph, inputs, self.jit_backend,
                                       quiet=self.ignore_jit_warnings)

@@ -364,6 +364,17 @@ def test_module_weights_are_not_captured_as_constants():
     del eager
 
 
+def test_step_over_max_ops_runs_eagerly_and_says_why():
+    """With the inductor backend, a captured step bigger than max_ops is not compiled (it
+    would take minutes): the structure runs eagerly, exactly as the eager objective."""
+    eager = run_steps(Trace_ELBO(), coin_model, coin_guide, (FLIPS,), steps=5)
+    elbo = JitTrace_ELBO(jit_options={"max_ops": 5})
+    jit = run_steps(elbo, coin_model, coin_guide, (FLIPS,), steps=5)
+    assert_same(eager, jit)
+    note = captured(elbo)
+    assert note.startswith("not captured: the step is ") and "max_ops=5" in note
+
+
 def test_unknown_jit_option_is_refused():
     with pytest.raises(ValueError, match="unknown jit_options"):
         JitTrace_ELBO(jit_options={"bakend": "fx"})
