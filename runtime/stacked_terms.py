@@ -30,6 +30,8 @@ from runtime.terms import UNEXPANDED
 # that carry the full batch shape (set by broadcast_all or the constructor)
 _STACKABLE = (td.Normal, td.Categorical, td.Bernoulli, td.Poisson, td.Gamma, td.Exponential,
               td.Laplace, td.Cauchy, td.Gumbel, td.Geometric)
+# ... and only with that log_prob: a subclass that overrides it may not be elementwise
+_STACKABLE_LOG_PROBS = frozenset(cls.log_prob for cls in _STACKABLE)
 MIN_GROUP = 2  # a group of one gains nothing
 
 _LAYOUTS = weakref.WeakKeyDictionary()  # plan -> tuple of _Group (or () when none)
@@ -86,7 +88,8 @@ def _signature(site):
     """The grouping key of a site, or None when it cannot be stacked."""
     fn = _base(site["fn"])
     value = site["value"]
-    if not isinstance(fn, _STACKABLE) or not isinstance(value, torch.Tensor):
+    if (not isinstance(fn, _STACKABLE) or type(fn).log_prob not in _STACKABLE_LOG_PROBS
+            or not isinstance(value, torch.Tensor)):
         return None
     batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
     state = []

@@ -116,3 +116,15 @@ def test_unstackable_distributions_are_left_alone():
     trace = sg.handlers.trace(model).get_trace()
     sites = dict(trace.nodes.items())
     assert stacked_terms._plan_groups({"model": sites}, [("model", n) for n in sites]) == ()
+
+
+def test_a_subclass_with_its_own_log_prob_is_left_alone():
+    class Tempered(dist.Normal):
+        def log_prob(self, value):
+            return 0.5 * super().log_prob(value).sum()  # not elementwise
+
+    def model():
+        for i in range(3):
+            sg.sample(f"x{i}", Tempered(0.0, 1.0), obs=torch.tensor(0.1 * i))
+    sites = dict(sg.handlers.trace(model).get_trace().nodes.items())
+    assert stacked_terms._plan_groups({"model": sites}, [("model", n) for n in sites]) == ()
