@@ -102,6 +102,10 @@ class Plan:
     enum_terms: tuple = ()  # model terms summed out exactly by a plated contraction
     kl_terms: tuple = ()  # ("kl", site) terms: analytic KL(q || p), entering the ELBO negated
     guide_enum: tuple = ()  # guide sites enumerated in parallel: the ELBO is weighted by q
+    # the ContractionPlan of enum_terms (steps, opt_einsum paths, peaks, scans), planned from
+    # the first run's log-prob shapes when the plan is made; None when nothing is summed out
+    # by the model-side contraction
+    contraction: Any = field(default=None, compare=False, repr=False)
     symbolic: Any = field(default=None, compare=False, repr=False)  # () -> (objective, surrogate)
     runner: Any = field(default=None, compare=False, repr=False)
 

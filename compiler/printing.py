@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import textwrap
 
+from compiler.enumeration_print import format_contraction_plan
 from compiler.schema import param_sites, sample_sites
 from compiler.symbolic import format_sum, format_term, term_plates
 
@@ -117,6 +118,9 @@ def format_plan(plan, source=False):
                     + (f" over plates {', '.join(plates)}" if plates else ""))
         lines.append("  contraction")
         lines += _wrap("    marg = ", marginal, 11)
+        if plan.contraction is not None:
+            lines += ["    " + line for line in format_contraction_plan(plan.contraction)
+                      .splitlines()]
     if plan.guide_enum:
         lines.append("  expectation")
         lines += _wrap("    ", f"E_q[{', '.join(plan.guide_enum)}]: each term (and marg) "

@@ -136,6 +136,19 @@ def _log_marginal(plan, records, scaled, stacked):
                    factor_scales=factor_scales)
 
 
+def enum_layout(plan, model_sites):
+    """Plan the model-side contraction of ``plan`` from one run's records (the structure
+    key fixes the shapes, so any run of the structure gives the same plan): its
+    ``.contraction`` is the ContractionPlan. Pure; ``use_enum_layout`` adopts it."""
+    return _plan_log_marginal(plan, model_sites, {})
+
+
+def use_enum_layout(plan, layout):
+    """Execute ``plan``'s contraction as ``layout`` says (instead of planning it on the
+    first step)."""
+    _CONTRACTIONS[plan] = layout
+
+
 def _plan_log_marginal(plan, model, log_probs):
     """Plan the contraction from this step's records; leaves each factor's log-prob tensor
     in ``log_probs`` by factor name (their shapes are planned for)."""

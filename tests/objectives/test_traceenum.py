@@ -107,6 +107,11 @@ def test_config_enumerate_and_printed_contraction():
     text = str(plan)
     assert "%k   : i64[4] (data) = enumerate   model Categorical" in text
     assert "marg = sum_product[k](model:k, model:obs) over plates data" in text
+    # the planned contraction itself: its step, opt_einsum equation, path and peak
+    assert plan.contraction is not None
+    assert "contraction: logsumexp k[2]; sum plates data[4] -> []" in text
+    assert "= sum[data](logsumexp[k](model:k + model:obs))" in text
+    assert f"peak {plan.contraction.peak_elements} elements" in text
     loss = TraceEnum_ELBO(max_plate_nesting=1).loss(enumerated, no_guide, x4)
     assert abs(-loss - float(brute_log_marginal(enumerated, x4))) < 1e-4
 
