@@ -189,9 +189,10 @@ class ELBO:
     def compile(self, model, guide, *args, **kwargs):
         """Trace once and return the Plan for this model, guide and arguments."""
         kwargs.pop("site_scales", None)
-        run_model, run_guide = self._programs(model, guide)
-        guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
-        return self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
+        with gc_paused():  # tracing allocates per site too
+            run_model, run_guide = self._programs(model, guide)
+            guide_rec, model_rec = record(run_model, run_guide, args, kwargs)
+            return self._plan_for(model, guide, args, kwargs, guide_rec, model_rec)
 
     def _plan_for(self, model, guide, args, kwargs, guide_rec, model_rec):
         """The cached plan for this run's structure, compiled if new. ``model`` and ``guide``
