@@ -11,6 +11,7 @@ from compiler.errors import PlateError
 from runtime.terms import UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
+from svigraph.ops.provenance import get_provenance, lend_parameter
 from svigraph.params import get_param_store
 from svigraph.recording import Recorder
 
@@ -78,7 +79,9 @@ def module(name, nn_module, update_module_params=False):
     for param_name, p in nn_module.named_parameters():
         full = f"{name}.{param_name}"
         store.register_leaf(full, p, overwrite_module=not update_module_params)
-        param(full)
+        value = param(full)
+        if value is not p and get_provenance(value):  # tracing: the graph sees the module use it
+            lend_parameter(nn_module, param_name, value)
     return nn_module
 
 

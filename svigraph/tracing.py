@@ -23,7 +23,8 @@ from compiler.errors import ModelGuideMismatchError, ShapeMismatchError, Support
 from svigraph.effects import Messenger
 from svigraph.handlers import replay, trace
 from svigraph.ops.provenance import (detach_provenance, get_provenance, on_python_read,
-                                     restore_plain_tensors, track_provenance)
+                                     restore_lent_parameters, restore_plain_tensors,
+                                     track_provenance)
 from svigraph.params import get_param_store
 from svigraph.primitives import _Factor
 from svigraph.trace_struct import site_log_prob
@@ -154,12 +155,14 @@ def _trace_graph(model, guide, args, kwargs, replay_guide):
             guide_trace = trace(guide_fn).get_trace(*args, **kwargs)
     except BaseException:
         restore_plain_tensors()
+        restore_lent_parameters()
         raise
     try:
         with on_python_read(model_tracer.listen), model_tracer:
             model_trace = trace(replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
     finally:
         restore_plain_tensors()
+        restore_lent_parameters()
     check_sites(guide_trace, model_trace)
     graph = build_graph(guide_trace, model_trace, guide_tracer, model_tracer)
     return TracedProgram(nx.freeze(graph), guide_trace, model_trace)

@@ -134,6 +134,26 @@ def restore_plain_tensors():
             tensor.__class__ = torch.Tensor
 
 
+_LENT = []  # (module, parameter name, its own Parameter) while tracing lends it a tagged one
+
+
+def lend_parameter(module, dotted_name, tagged):
+    """While tracing: make ``module`` compute with ``tagged`` (its parameter ``dotted_name``
+    with provenance) so the sites it feeds depend on that param; undone by
+    ``restore_lent_parameters()`` when tracing ends."""
+    prefix, _, leaf = dotted_name.rpartition(".")
+    owner = module.get_submodule(prefix) if prefix else module
+    _LENT.append((owner, leaf, owner._parameters[leaf]))
+    owner._parameters[leaf] = tagged  # the dict, not setattr: setattr wants a Parameter
+
+
+def restore_lent_parameters():
+    """Give every module lent a tagged parameter its own back (newest first)."""
+    while _LENT:
+        owner, leaf, own = _LENT.pop()
+        owner._parameters[leaf] = own
+
+
 def _unwrap(obj, provenance):
     kind = type(obj)  # exact types: this runs on every argument of every op while tracing
     if kind is ProvenanceTensor:

@@ -646,12 +646,11 @@ def test_param_shared_by_model_and_guide():
     assert edges_of(graph) == {("theta", "z"): data(GM), ("z", "x"): data(M)}
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: sg.module registers the module's params "
-                   "as nodes, but the module computes with its own untagged nn.Parameters, so "
-                   "no edge leaves them")
 def test_module_params_feed_the_site_they_compute():
-    """An amortized guide's ``sg.module`` weights are parents of the site the net computes."""
+    """An amortized guide's ``sg.module`` weights are parents of the site the net computes
+    (tracing lends the module tagged copies of its parameters, and gives its own back)."""
     net = torch.nn.Linear(1, 1)
+    own = (net.weight, net.bias)
 
     def guide(x):
         sg.module("net", net)
@@ -667,6 +666,20 @@ def test_module_params_feed_the_site_they_compute():
                                "z": latent("Normal", True), "x": observed("Normal")}
     assert edges_of(graph) == {("net.weight", "z"): data(G), ("net.bias", "z"): data(G),
                                ("z", "x"): data(M)}
+    assert net.weight is own[0] and net.bias is own[1]
+
+
+def test_module_gets_its_parameters_back_when_tracing_fails():
+    net = torch.nn.Linear(1, 1)
+    own = net.weight
+
+    def guide(x):
+        sg.module("net", net)
+        raise RuntimeError("guide failed")
+
+    with pytest.raises(RuntimeError, match="guide failed"):
+        traced(lambda x: None, guide, torch.ones(1))
+    assert net.weight is own and type(net.weight) is torch.nn.Parameter
 
 
 # ---------------------------------------------------------------------------------------------
