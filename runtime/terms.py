@@ -26,11 +26,13 @@ def site_log_prob(site, program=None):
     try:
         base = fn.__dict__.get(UNEXPANDED)
         if base is not None:
-            shape = _broadcast_shape(site["value"], fn)
+            lp = base.log_prob(site["value"])
+            # the expanded distribution's log density is this one broadcast over its batch
+            # shape (also for a factor, whose log density ignores the value)
+            shape = _broadcast(tuple(lp.shape), tuple(fn.batch_shape))
             if shape is not None:
-                lp = base.log_prob(site["value"])
                 return lp if lp.shape == shape else lp.expand(shape)
-        return fn.log_prob(site["value"])
+        return fn.log_prob(site["value"])  # (a shape that does not broadcast raises here)
     except ValueError as err:
         fn, value = site["fn"], site["value"]
         where = f"{program} site" if program else "site"
@@ -43,23 +45,12 @@ def site_log_prob(site, program=None):
             site=site["name"]) from err
 
 
-def _broadcast_shape(value, fn):
-    """The shape ``fn.log_prob(value)`` has (value's batch dims broadcast with fn's), or None
-    when they do not broadcast (then the full ``log_prob`` raises its own error)."""
-    shape = getattr(value, "shape", None)
-    if shape is None:
-        return None
-    return _broadcast(tuple(shape), len(fn.event_shape), tuple(fn.batch_shape))
-
-
 @lru_cache(maxsize=1024)
-def _broadcast(value_shape, event_dims, batch_shape):
-    """Plain-tuple broadcasting, cached (``torch.broadcast_shapes`` costs microseconds)."""
-    if event_dims:
-        value_shape = value_shape[:len(value_shape) - event_dims]
-    n = max(len(value_shape), len(batch_shape))
-    a = (1,) * (n - len(value_shape)) + value_shape
-    b = (1,) * (n - len(batch_shape)) + batch_shape
+def _broadcast(a, b):
+    """Plain-tuple broadcasting of two shapes, or None when they do not broadcast; cached
+    (``torch.broadcast_shapes`` costs microseconds)."""
+    n = max(len(a), len(b))
+    a, b = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
     out = []
     for x, y in zip(a, b):
         if x != y and x != 1 and y != 1:
