@@ -42,12 +42,14 @@ class _Group:
     to a common rank, the per-site result shape, and the shape it is expanded to (when the
     sites' distributions were plate-expanded from smaller ones)."""
 
-    __slots__ = ("program", "names", "cls", "pad", "value_pad", "batch_shape", "own_shape",
-                 "out_shape")
+    __slots__ = ("program", "names", "cls", "pad", "value_pad", "batch_shape", "event_shape",
+                 "own_shape", "out_shape")
 
-    def __init__(self, program, names, cls, pad, value_pad, batch_shape, own_shape, out_shape):
+    def __init__(self, program, names, cls, pad, value_pad, batch_shape, event_shape, own_shape,
+                 out_shape):
         self.program, self.names, self.cls = program, names, cls
-        self.pad, self.value_pad, self.batch_shape = pad, value_pad, batch_shape
+        self.pad, self.value_pad = pad, value_pad
+        self.batch_shape, self.event_shape = torch.Size(batch_shape), torch.Size(event_shape)
         self.own_shape, self.out_shape = own_shape, out_shape
 
 
@@ -127,7 +129,8 @@ def _plan_groups(records, names):
         own = torch.Size(_broadcast(value_batch, batch))
         out = torch.Size(_broadcast(value_batch, full_batch))
         groups.append(_Group(program, tuple(members), cls, rank - len(batch),
-                             rank - len(value_batch), batch, own, None if out == own else out))
+                             rank - len(value_batch), batch, event, own,
+                             None if out == own else out))
     return tuple(groups)
 
 
@@ -141,9 +144,11 @@ def _group_log_probs(group, sites):
     """The group's log densities, one per site, or None when a site no longer fits."""
     fns = [_base(site["fn"]) for site in sites]
     first = fns[0]
-    keys = first.__dict__.keys()
-    for fn in fns:
-        if fn.__class__ is not group.cls or fn.__dict__.keys() != keys:
+    keys, checks = first.__dict__.keys(), first.__dict__.get("_validate_args")
+    for fn in fns:  # the structure key does not fix these: a later step may differ
+        if (fn.__class__ is not group.cls or fn.__dict__.keys() != keys
+                or fn._batch_shape != group.batch_shape or fn._event_shape != group.event_shape
+                or fn.__dict__.get("_validate_args") != checks):
             return None
     stacked = first.__class__.__new__(first.__class__)
     stacked.__dict__.update(first.__dict__)

@@ -128,3 +128,30 @@ def test_a_subclass_with_its_own_log_prob_is_left_alone():
             sg.sample(f"x{i}", Tempered(0.0, 1.0), obs=torch.tensor(0.1 * i))
     sites = dict(sg.handlers.trace(model).get_trace().nodes.items())
     assert stacked_terms._plan_groups({"model": sites}, [("model", n) for n in sites]) == ()
+
+
+def test_a_group_whose_batch_shape_changes_falls_back():
+    """The structure key fixes value shapes, not parameter shapes: sites whose loc is (3,)
+    on one step and a scalar on the next keep one plan, and the stacked path must not
+    reuse the first step's layout (it would broadcast along the wrong axis)."""
+    values = torch.tensor([[0.5, -1.0, 2.0], [1.5, 0.2, -0.3], [0.0, 0.7, 1.1]])
+    calls = []
+
+    def model():
+        vector = not calls
+        calls.append(1)
+        for i in range(3):
+            loc = torch.tensor([0.1, 0.2, 0.3]) if vector else torch.tensor(0.4 * i)
+            sg.sample(f"x{i}", dist.Normal(loc, 1.0).to_event(0), obs=values[i])
+
+    sg.clear_param_store()
+    elbo = Trace_ELBO()
+    def guide():
+        pass
+
+    elbo.loss(model, guide)  # first run: traced, compiled, layout planned
+    loss = elbo.loss(model, guide)
+    assert len(elbo._cache(model, guide)) == 1  # one plan for both runs
+    expected = -sum(float(dist.Normal(0.4 * i, 1.0).log_prob(values[i]).sum())
+                    for i in range(3))
+    assert loss == pytest.approx(expected, rel=1e-6)
