@@ -66,15 +66,24 @@ class SVI:
 
     def _step_with(self, loss_and_grads, args, kwargs):
         """A step whose backward the user's ``loss_and_grads`` runs; the params it touched
-        (captured as for a custom loss) get the optimizer step."""
+        get the optimizer step. An objective's own ``loss_and_grads`` names them (a JIT step
+        that replays a captured graph runs no param statement); any other callable's are
+        captured as for a custom loss."""
+        objective = getattr(loss_and_grads, "__self__", None)
         with trace(param_only=True) as capture:
             loss = loss_and_grads(self.model, self.guide, *args, **kwargs)
-        loss = float(loss)
+        loss = float(loss.detach() if isinstance(loss, torch.Tensor) else loss)
+        if isinstance(objective, ELBO):
+            params = objective.param_leaves()
+        else:
+            params = [site["value"].unconstrained() for site in capture.trace.values()
+                      if hasattr(site["value"], "unconstrained")]
+        params = [p for p in params if p.grad is not None]
         if loss != loss or loss in (float("inf"), float("-inf")):
+            for p in params:  # a rejected step leaves nothing for the next one to apply
+                p.grad = None
             raise NonFiniteLossError(f"the loss is {loss}; parameters were not updated",
                                      fix="check loss_and_grads for log(0) or overflow")
-        params = [site["value"].unconstrained() for site in capture.trace.values()]
-        params = [p for p in params if p.grad is not None]
         self.optim(params)
         for p in params:
             p.grad = None

@@ -47,3 +47,54 @@ def test_loss_and_grads_must_be_callable_and_finite():
               loss_and_grads=lambda m, g, x: float("nan"))
     with pytest.raises(NonFiniteLossError):
         svi.step(torch.tensor(1.0))
+
+
+def test_rejected_step_leaves_no_gradient_behind():
+    """loss_and_grads ran backward before SVI saw the non-finite loss: the gradient is
+    dropped, so the next step moves the param by its own gradient only."""
+    calls = []
+
+    def loss_and_grads(model_, guide_):
+        w = sg.param("w", torch.tensor(1.0))
+        calls.append(1)
+        loss = (w - 3.0) ** 2 * (100.0 if len(calls) == 1 else 1.0)
+        loss.backward()
+        return float("nan") if len(calls) == 1 else loss.item()
+
+    sg.clear_param_store()
+    svi = SVI(lambda: None, lambda: None, sg.optim.SGD({"lr": 0.1}),
+              loss=lambda m, g: torch.tensor(0.0), loss_and_grads=loss_and_grads)
+    with pytest.raises(NonFiniteLossError):
+        svi.step()
+    assert sg.param("w").unconstrained().grad is None
+    svi.step()
+    assert sg.param("w").item() == pytest.approx(1.4, abs=1e-6)  # 1 - 0.1 * 2 * (1 - 3)
+
+
+def test_an_objectives_own_loss_and_grads_with_a_jit_objective():
+    """JitTrace_ELBO.loss_and_grads as SVI's loss_and_grads: its captured steps run no param
+    statement, so SVI takes the params from the objective; same trajectory as plain SVI."""
+    from svigraph.constraints import positive
+    from svigraph.infer import JitTrace_ELBO
+
+    data = torch.tensor([0.3, -0.2, 1.1, 0.8])
+
+    def model(d):
+        z = sg.sample("z", dist.Normal(0.0, 1.0))
+        with sg.plate("n", len(d)):
+            sg.sample("x", dist.Normal(z, 1.0), obs=d)
+
+    def guide(d):
+        sg.sample("z", dist.Normal(sg.param("loc", torch.tensor(0.3)),
+                                   sg.param("sc", torch.tensor(0.7), constraint=positive)))
+
+    trajectories = []
+    for use_arg in (False, True):
+        sg.clear_param_store()
+        sg.set_rng_seed(0)
+        elbo = JitTrace_ELBO(jit_options={"backend": "fx"})
+        extra = {"loss_and_grads": elbo.loss_and_grads} if use_arg else {}
+        svi = SVI(model, guide, sg.optim.SGD({"lr": 0.01}), elbo, **extra)
+        trajectories.append([(svi.step(data), sg.param("loc").item()) for _ in range(5)])
+    for (l1, p1), (l2, p2) in zip(*trajectories):
+        assert l2 == pytest.approx(l1, rel=1e-6) and p2 == pytest.approx(p1, rel=1e-6)
