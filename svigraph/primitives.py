@@ -11,7 +11,7 @@ from compiler.errors import PlateError
 from runtime.terms import UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
-from svigraph.ops.provenance import get_provenance, lend_parameter
+from svigraph.ops.provenance import get_provenance, lend_parameter, lent_original
 from svigraph.params import get_param_store
 from svigraph.recording import Recorder
 
@@ -78,10 +78,12 @@ def module(name, nn_module, update_module_params=False):
     store = get_param_store()
     for param_name, p in nn_module.named_parameters():
         full = f"{name}.{param_name}"
-        store.register_leaf(full, p, overwrite_module=not update_module_params)
+        lent = lent_original(p)  # registered already in this trace, which lent it a copy
+        store.register_leaf(full, p if lent is None else lent,
+                            overwrite_module=not update_module_params)
         value = param(full)
-        if value is not p and get_provenance(value):  # tracing: the graph sees the module use it
-            lend_parameter(nn_module, param_name, value)
+        if lent is None and value is not p and get_provenance(value):
+            lend_parameter(nn_module, param_name, value)  # tracing: the module uses the tag
     return nn_module
 
 

@@ -147,6 +147,14 @@ def lend_parameter(module, dotted_name, tagged):
     owner._parameters[leaf] = tagged  # the dict, not setattr: setattr wants a Parameter
 
 
+def lent_original(tensor):
+    """The module's own Parameter when ``tensor`` is a tagged copy lent to it, else None."""
+    for owner, leaf, own in _LENT:
+        if owner._parameters.get(leaf) is tensor:
+            return own
+    return None
+
+
 def restore_lent_parameters():
     """Give every module lent a tagged parameter its own back (newest first)."""
     while _LENT:

@@ -869,3 +869,31 @@ def test_missing_attribute_and_undeclared_plate_are_rejected():
     graph.graph["plates"] = {}
     with pytest.raises(GraphSchemaError, match="'N'"):
         check_graph(graph)
+
+
+def test_a_module_registered_twice_in_one_run_keeps_its_store_entries():
+    """sg.module called in the guide and again in the model: tracing lends the module a
+    tagged copy after the first call, and the second must still register the module's own
+    Parameter (the optimizer finds params by their store names)."""
+    net = torch.nn.Linear(2, 1)
+    own = dict(net.named_parameters())
+    x = torch.randn(5, 2)
+
+    def guide(x):
+        sg.module("net", net)
+        with sg.plate("d", 5):
+            sg.sample("z", dist.Normal(net(x).squeeze(-1), 1.0))
+
+    def model(x):
+        sg.module("net", net)
+        with sg.plate("d", 5):
+            z = sg.sample("z", dist.Normal(0.0, 1.0))
+            sg.sample("y", dist.Normal(z, 1.0), obs=torch.zeros(5))
+
+    sg.clear_param_store()
+    graph = traced(model, guide, x)
+    assert ("net.weight", "z") in graph.edges
+    store = sg.get_param_store()
+    for name, p in own.items():
+        assert dict(store.named_parameters())[f"net.{name}"] is p
+        assert getattr(net, name) is p
