@@ -140,7 +140,8 @@ def enum_layout(plan, model_sites):
     """Plan the model-side contraction of ``plan`` from one run's records (the structure
     key fixes the shapes, so any run of the structure gives the same plan): its
     ``.contraction`` is the ContractionPlan. Pure; ``use_enum_layout`` adopts it."""
-    return _plan_log_marginal(plan, model_sites, {})
+    with torch.no_grad():  # only the log-probs' shapes are needed
+        return _plan_log_marginal(plan, model_sites, {})
 
 
 def use_enum_layout(plan, layout):
