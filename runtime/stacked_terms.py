@@ -8,9 +8,10 @@ back per site. Each element is computed by the same arithmetic as site by site, 
 values are identical; the step just runs a handful of kernels (and backward nodes) instead
 of a handful per site.
 
-Which sites stack is decided once per plan from its first step's records (the structure key
-fixes every shape) and cached beside the plan; each step only checks that every site still
-has the class and attributes of its group, else those sites run one by one.
+Which sites stack is decided once per plan from its first step's records and cached beside
+the plan. The structure key fixes value shapes but not parameter shapes or classes, so each
+step checks that every site still has its group's class, attributes, batch and event shapes
+(a few tuple compares), else those sites run one by one.
 
 Stackable distributions: those whose instance state is tensors with the batch shape (plus
 event dims) as their leading dims and plain values, and whose ``log_prob`` is computed
@@ -56,7 +57,7 @@ class _Group:
 def stacked_log_probs(plan, records):
     """{(program, site): unmasked log density} for the plan's terms that stack.
 
-    The other terms (and any group whose sites changed class) are left to the caller's
+    The other terms (and any group whose sites no longer fit it) are left to the caller's
     site-by-site path. Errors are never raised here: a group that fails is skipped, so the
     site-by-site path raises its named error.
     """
