@@ -103,8 +103,8 @@ class Plan:
     kl_terms: tuple = ()  # ("kl", site) terms: analytic KL(q || p), entering the ELBO negated
     guide_enum: tuple = ()  # guide sites enumerated in parallel: the ELBO is weighted by q
     # the ContractionPlan of enum_terms (steps, opt_einsum paths, peaks, scans), planned from
-    # the first run's log-prob shapes when the plan is made; None when nothing is summed out
-    # by the model-side contraction
+    # the first run's log-prob shapes when the plan is made; None when no model site is
+    # summed out
     contraction: Any = field(default=None, compare=False, repr=False)
     symbolic: Any = field(default=None, compare=False, repr=False)  # () -> (objective, surrogate)
     runner: Any = field(default=None, compare=False, repr=False)

@@ -38,6 +38,17 @@ _STATIC = weakref.WeakKeyDictionary()       # plan -> what the plan fixes, read 
 _CONTRACTIONS = weakref.WeakKeyDictionary()  # plan -> its contraction plan
 
 
+def weighted_contraction(plan):
+    """The ContractionPlan ``run_weighted_plan`` planned for ``plan``, or None."""
+    return _CONTRACTIONS.get(plan)
+
+
+def carry_weighted_contraction(plan, copy):
+    """Let ``copy`` (the same plan, another object) reuse ``plan``'s contraction."""
+    if plan in _CONTRACTIONS:
+        _CONTRACTIONS[copy] = _CONTRACTIONS[plan]
+
+
 class Labelled:
     """A tensor squeezed to its labelled dims: ``labels[i]`` names dim i (a variable or a
     plate); ``plates`` are the plates the term lives in (for the weights' check)."""

@@ -15,7 +15,8 @@ from compiler.enumeration import factor_from_shape, plan_contraction
 from compiler.errors import NonFiniteLossError
 from runtime.analytic_kl import add_kl_terms
 from runtime.contract import execute
-from runtime.enum_expectation import run_weighted_plan
+from runtime.enum_expectation import (carry_weighted_contraction, run_weighted_plan,
+                                      weighted_contraction)
 from runtime.stacked_terms import stacked_log_probs
 from runtime.terms import masked_log_prob
 
@@ -136,18 +137,26 @@ def _log_marginal(plan, records, scaled, stacked):
                    factor_scales=factor_scales)
 
 
-def enum_layout(plan, model_sites):
-    """Plan the model-side contraction of ``plan`` from one run's records (the structure
-    key fixes the shapes, so any run of the structure gives the same plan): its
-    ``.contraction`` is the ContractionPlan. Pure; ``use_enum_layout`` adopts it."""
+def plan_contraction_now(plan, records):
+    """Plan ``plan``'s contraction from one run's records (the structure key fixes the
+    shapes, so any run of the structure gives the same plan) and return the
+    ContractionPlan, or None when no model site is summed out. The runtime then executes
+    it as planned; ``carry_contraction`` hands it to a copy of the plan."""
+    if not plan.enum_terms:
+        return None
     with torch.no_grad():  # only the log-probs' shapes are needed
-        return _plan_log_marginal(plan, model_sites, {})
+        if plan.guide_enum or plan.scores:  # the weighted path plans it on its first run
+            run_weighted_plan(plan, records, with_surrogate=False)
+            return weighted_contraction(plan)
+        layout = _CONTRACTIONS[plan] = _plan_log_marginal(plan, records["model"], {})
+    return layout.contraction
 
 
-def use_enum_layout(plan, layout):
-    """Execute ``plan``'s contraction as ``layout`` says (instead of planning it on the
-    first step)."""
-    _CONTRACTIONS[plan] = layout
+def carry_contraction(plan, copy):
+    """Let ``copy`` (the same plan, another object) execute ``plan``'s planned contraction."""
+    if plan in _CONTRACTIONS:
+        _CONTRACTIONS[copy] = _CONTRACTIONS[plan]
+    carry_weighted_contraction(plan, copy)
 
 
 def _plan_log_marginal(plan, model, log_probs):

@@ -29,7 +29,8 @@ from compiler import PlanCache, compile_plan
 from compiler.baselines import baseline_specs
 from compiler.errors import NonFiniteLossError
 from runtime.baselines import BaselineState
-from runtime.executor import check_finite, enum_layout, run_plan, use_enum_layout
+from runtime.executor import (carry_contraction, check_finite, plan_contraction_now,
+                              run_plan)
 from runtime.records import args_signature, structure_key
 from compiler.baselines import PARTICLE_PLATE
 from svigraph.params import get_param_store
@@ -206,14 +207,15 @@ class ELBO:
             traced = trace_graph(run_model, run_guide, args, kwargs,
                                  replay_guide=guide_rec.replay_trace())
             plan = self._compile_graph(traced.graph, key)
-            # the model-side contraction is planned now, from this run's shapes, so that
-            # the plan shows it (and bad plate structures fail at compile time)
-            layout = (enum_layout(plan, model_rec.sites) if plan.enum_terms
-                      and not plan.guide_enum and not plan.scores else None)
-            plan = dataclasses.replace(plan, runner=_PlanRunner(self, model, guide),
-                                       contraction=layout and layout.contraction)
-            if layout is not None:
-                use_enum_layout(plan, layout)
+            plan = dataclasses.replace(plan, runner=_PlanRunner(self, model, guide))
+            # the contraction is planned now, from this run's shapes, so that the plan
+            # shows it (and bad plate structures fail at compile time)
+            contraction = plan_contraction_now(
+                plan, {"guide": guide_rec.sites, "model": model_rec.sites})
+            if contraction is not None:
+                planned = dataclasses.replace(plan, contraction=contraction)
+                carry_contraction(plan, planned)
+                plan = planned
             cache.put(key, plan)
             log.info("compiled plan %s (%s)", plan.key_hash, why)
             if _DEBUG:

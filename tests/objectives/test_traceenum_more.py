@@ -195,6 +195,9 @@ def test_guide_enumeration_printed_plan():
     text = str(plan)
     assert "marg = sum_product[m](model:m, model:obs) over plates data" in text
     assert "E_q[z, k]: each term (and marg) weighted by q" in text
+    # the contraction keeping the guide's variables is planned with the plan, and printed
+    assert plan.contraction is not None and set(plan.contraction.sum_vars) == {"m"}
+    assert "contraction: logsumexp m[" in text and "einsum" in text and "peak" in text
 
 
 # ---- sequential enumeration ---------------------------------------------------------------------
