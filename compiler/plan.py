@@ -157,9 +157,11 @@ class Plan:
     def __repr__(self):
         return f"<Plan {self.loss_name} key={self.key_hash} sites={len(self.sites)}>"
 
-    def pretty(self, source=False):
+    def pretty(self, source=False, full=False):
+        """The printed plan; ``source`` adds each site's file:line, ``full`` lists every site
+        and term of a long plan (``str(plan)`` prints the ends of long sections)."""
         from compiler.printing import format_plan
-        return format_plan(self, source=source)
+        return format_plan(self, source=source, full=full)
 
     def to_dot(self):
         """Graphviz DOT text of the dependency graph (plates as clusters)."""

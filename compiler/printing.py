@@ -12,6 +12,10 @@ from compiler.schema import param_sites, sample_sites
 from compiler.symbolic import format_sum, format_term, term_plates
 
 WIDTH = 100
+# a long plan (a chain of thousands of sites) prints its ends; plan.pretty(full=True) all
+LISTED = 40          # sites, costs: more than this prints HEAD ... TAIL entries
+HEAD, TAIL = 30, 5
+FORMULA_LINES = 12   # a wrapped formula longer than this prints its first lines and last
 
 
 def format_type(attrs, plates_info):
@@ -65,7 +69,17 @@ def _wrap(prefix, text, indent):
                          subsequent_indent=" " * indent, break_on_hyphens=False) or [prefix]
 
 
-def format_plan(plan, source=False):
+def _clip(lines, head, tail, what, full):
+    """``lines`` with the middle left out (and said so) when there are many of them."""
+    if full or len(lines) <= head + tail + 1:
+        return lines
+    return lines[:head] + [f"    ... {len(lines) - head - tail} more {what} "
+                           "(plan.pretty(full=True) shows all)"] + lines[-tail:]
+
+
+def format_plan(plan, source=False, full=False):
+    """The plan as text. Long sections (more than ``LISTED`` sites or costs, formulas of
+    more than ``FORMULA_LINES`` lines) print their ends unless ``full``."""
     graph = plan.graph
     options = ", ".join(f"{k}={v}" for k, v in plan.options)
     lines = [f"plan {plan.loss_name}({options}) {{{' ' * 8}# key {plan.key_hash}"]
@@ -76,26 +90,40 @@ def format_plan(plan, source=False):
             + (" sequential" if i["sequential"] else f" dim={i['dim']}")
             for p, i in sorted(plan.plates.items())), 10)
     if plan.params:
-        lines += _wrap("  params  ", "; ".join(
+        lines += _clip(_wrap("  params  ", "; ".join(
             f"%{p}: {format_type(graph.nodes[p], plan.plates)}"
             + (f" {graph.nodes[p]['support']}" if graph.nodes[p]["support"] not in (None, "real")
-               else "") for p in plan.params), 10)
+               else "") for p in plan.params), 10), FORMULA_LINES, 1, "lines", full)
     lines.append("  sites")
-    width = max((len(n) for n in plan.sites), default=0)
-    for name, site in plan.sites.items():
+    names = list(plan.sites)
+    if not full and len(names) > LISTED:
+        names = names[:HEAD] + names[-TAIL:]
+    width = max((len(n) for n in names), default=0)
+    listed = []
+    for name in names:
         attrs = graph.nodes[name]
         line = (f"    %{name:<{width}} : {format_type(attrs, plan.plates)} = "
-                f"{_site_rhs(graph, name, site)}")
+                f"{_site_rhs(graph, name, plan.sites[name])}")
         if source and attrs["source"]:
             line += "   # " + ", ".join(f"{prog} {src}" for prog, src in attrs["source"])
-        lines.append(line)
+        listed.append(line)
+    if len(names) < len(plan.sites):
+        listed.insert(HEAD, f"    ... {len(plan.sites) - len(names)} more sites "
+                            "(plan.pretty(full=True) shows all)")
+    lines += listed
     scored = [(n, s) for n, s in plan.sites.items() if s.cost]
     if scored:
         lines.append("  costs")
-        for name, site in scored:
+        shown = scored if full or len(scored) <= LISTED else scored[:HEAD] + scored[-TAIL:]
+        costs = []
+        for name, site in shown:
             own = term_plates(graph, ("guide" if site.estimator != "prior" else "model", name))
             text = ", ".join(format_term(graph, t, keep=own) for t in site.cost)
-            lines += _wrap(f"    %{name} <- ", text, 8)
+            costs.append(_wrap(f"    %{name} <- ", text, 8))
+        if len(shown) < len(scored):
+            costs.insert(HEAD, [f"    ... {len(scored) - len(shown)} more costs "
+                                "(plan.pretty(full=True) shows all)"])
+        lines += [line for block in costs for line in block]
     baselines = [(n, s.baseline) for n, s in plan.sites.items() if s.baseline]
     if baselines:
         lines.append("  baselines")
@@ -117,7 +145,7 @@ def format_plan(plan, source=False):
         marginal = (f"sum_product[{', '.join(enumerated)}]({factors})"
                     + (f" over plates {', '.join(plates)}" if plates else ""))
         lines.append("  contraction")
-        lines += _wrap("    marg = ", marginal, 11)
+        lines += _clip(_wrap("    marg = ", marginal, 11), FORMULA_LINES, 1, "lines", full)
         if plan.contraction is not None:
             lines += ["    " + line for line in format_contraction_plan(plan.contraction)
                       .splitlines()]
@@ -129,7 +157,7 @@ def format_plan(plan, source=False):
     elbo = format_sum(graph, [t.key for t in plan.terms + plan.kl_terms])
     if marginal:
         elbo = "marg" if elbo == "0" else f"{elbo} + marg"
-    lines += _wrap("    elbo      = ", elbo, 16)
+    lines += _clip(_wrap("    elbo      = ", elbo, 16), FORMULA_LINES, 1, "lines", full)
     if plan.scores:
         stopped = {t.key for t in plan.terms if t.stop_gradient}
         pieces = [format_sum(graph, [t.key for t in plan.terms + plan.kl_terms],
@@ -142,6 +170,7 @@ def format_plan(plan, source=False):
             for plate in reversed(own):
                 piece = f"sum[{plate}]({piece})"
             pieces.append(piece)
-        lines += _wrap("    surrogate = ", " + ".join(pieces), 16)
+        lines += _clip(_wrap("    surrogate = ", " + ".join(pieces), 16), FORMULA_LINES, 1,
+                       "lines", full)
     lines.append("}")
     return "\n".join(lines)

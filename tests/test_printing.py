@@ -138,3 +138,30 @@ def test_plan_latex():
     plan = sg.compile(_plated, _empty, torch.zeros(3))
     assert plan.latex() == ("\\mathcal{L} = \\sum_{i_{d}=0}^{2} {model:x}_{i_{d}}\n"
                             "\\tilde{\\mathcal{L}} = \\sum_{i_{d}=0}^{2} {model:x}_{i_{d}}")
+
+
+def test_long_plans_print_their_ends_and_pretty_full_prints_all():
+    """A chain of 60 sites: str(plan) lists the first and last sites and says how many it
+    left out; plan.pretty(full=True) lists every one."""
+    import torch
+    import svigraph as sg
+    from svigraph import distributions as dist
+
+    def model():
+        z = torch.tensor(0.0)
+        for i in range(60):
+            z = sg.sample(f"z{i}", dist.Normal(z, 1.0))
+
+    def guide():
+        for i in range(60):
+            sg.sample(f"z{i}", dist.Normal(sg.param(f"m{i}", torch.tensor(0.0)), 1.0)
+                      .with_rsample(False))
+
+    sg.clear_param_store()
+    plan = sg.compile(model, guide, loss=sg.infer.TraceGraph_ELBO())
+    short, full = str(plan), plan.pretty(full=True)
+    assert "    ... 25 more sites (plan.pretty(full=True) shows all)" in short
+    assert "    ... 25 more costs (plan.pretty(full=True) shows all)" in short
+    assert "%z29 " in short and "%z30 " not in short and "%z59 " in short
+    assert all(f"%z{i} " in full for i in range(60)) and "more sites" not in full
+    assert len(short.splitlines()) < len(full.splitlines()) - 50

@@ -69,8 +69,8 @@ class JitPlan(Plan):
     def __str__(self):
         return self.pretty()
 
-    def pretty(self, source=False):
-        text = format_plan(self, source=source)
+    def pretty(self, source=False, full=False):
+        text = format_plan(self, source=source, full=full)
         lines = [f"  jit {line}" for line in self.jit_lines()]
         head, _, tail = text.rpartition("\n}")
         return "\n".join([head] + lines) + "\n}" + tail
