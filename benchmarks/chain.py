@@ -39,15 +39,10 @@ from svigraph import distributions as dist  # noqa: E402
 from svigraph.constraints import positive  # noqa: E402
 
 from benchmarks.common import (SUMMARY, SVIGRAPH, SVIGRAPH_JIT, TORCH, jit_loss,  # noqa: E402
-                               machine_info, pyro_row_name, pyro_version, run_workload)
+                               machine_info, optional_pyro, pyro_row_name,
+                               pyro_version, run_workload)
 
-try:  # optional: a Pyro row when it is installed
-    import pyro
-    import pyro.distributions as pdist
-    import pyro.infer
-    import pyro.optim
-except ImportError:
-    pyro = None
+pyro, pdist = optional_pyro()  # (None, None) without Pyro: its rows are skipped
 
 LR = 0.01
 X = torch.tensor(1.0)

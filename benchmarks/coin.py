@@ -35,15 +35,9 @@ from svigraph import distributions as dist  # noqa: E402
 from svigraph.constraints import positive  # noqa: E402
 
 from benchmarks.common import (SVIGRAPH, SVIGRAPH_JIT, TORCH, jit_loss, machine_info,  # noqa: E402
-                               pyro_version, run_workload)
+                               optional_pyro, pyro_version, run_workload)
 
-try:  # optional: a Pyro column when it is installed
-    import pyro
-    import pyro.distributions as pdist
-    import pyro.infer
-    import pyro.optim
-except ImportError:
-    pyro = None
+pyro, pdist = optional_pyro()  # (None, None) without Pyro: its rows are skipped
 
 LR = 5e-4
 INIT = 15.0

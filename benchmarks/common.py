@@ -118,6 +118,19 @@ def machine_info():
             f"{clock}")
 
 
+def optional_pyro():
+    """``(pyro, pyro.distributions)`` with ``pyro.infer`` and ``pyro.optim`` loaded, or
+    ``(None, None)`` when Pyro is not installed (its rows are then skipped)."""
+    try:
+        import pyro
+        import pyro.distributions as pdist
+        import pyro.infer  # noqa: F401
+        import pyro.optim  # noqa: F401
+    except ImportError:
+        return None, None
+    return pyro, pdist
+
+
 def pyro_version():
     """Pyro's version, or None when it is not installed (it is optional)."""
     try:

@@ -35,15 +35,10 @@ from svigraph import distributions as dist  # noqa: E402
 from svigraph.constraints import positive  # noqa: E402
 
 from benchmarks.common import (SVIGRAPH, SVIGRAPH_JIT, TORCH, jit_loss, machine_info,  # noqa: E402
-                               pyro_row_name, pyro_version, run_workload)
+                               optional_pyro, pyro_row_name, pyro_version,
+                               run_workload)
 
-try:  # optional: a Pyro row when it is installed
-    import pyro
-    import pyro.distributions as pdist
-    import pyro.infer
-    import pyro.optim
-except ImportError:
-    pyro = None
+pyro, pdist = optional_pyro()  # (None, None) without Pyro: its rows are skipped
 
 K, N, LR = 3, 1000, 0.01
 WORKLOADS = {

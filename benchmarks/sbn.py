@@ -34,15 +34,10 @@ import svigraph as sg  # noqa: E402
 from svigraph import distributions as dist  # noqa: E402
 
 from benchmarks.common import (SVIGRAPH, SVIGRAPH_JIT, TORCH, jit_loss, machine_info,  # noqa: E402
-                               pyro_row_name, pyro_version, run_workload)
+                               optional_pyro, pyro_row_name, pyro_version,
+                               run_workload)
 
-try:  # optional: a Pyro row when it is installed
-    import pyro
-    import pyro.distributions as pdist
-    import pyro.infer
-    import pyro.optim
-except ImportError:
-    pyro = None
+pyro, pdist = optional_pyro()  # (None, None) without Pyro: its rows are skipped
 
 B, H1, H2, D, LR = 100, 10, 10, 20, 1e-3
 TITLE = "sigmoid belief net 10-10-20, batch 100, neural baselines, TraceGraph_ELBO"

@@ -32,7 +32,7 @@ import torch
 from compiler.enumeration import factor_from_shape, plan_contraction
 from compiler.errors import EnumerationError
 from runtime.contract import execute_partial
-from runtime.terms import masked_log_prob
+from runtime.terms import masked_log_prob, term_log_probs
 
 _STATIC = weakref.WeakKeyDictionary()       # plan -> what the plan fixes, read once
 _CONTRACTIONS = weakref.WeakKeyDictionary()  # plan -> its contraction plan
@@ -69,13 +69,7 @@ def run_weighted_plan(plan, records, baselines=None, with_surrogate=True, site_s
     var_dims, var_sizes, plate_dims, plate_sizes = _dims(plan, records, static)
     scaled, costs = {}, {}
     for term in plan.terms:
-        site = records[term.program][term.site]
-        lp = masked_log_prob(site, term.program)
-        scale = site["scale"]
-        if site_scales and term.site in site_scales:
-            scale = scale * site_scales[term.site]
-        if not (scale.__class__ is float and scale == 1.0):
-            lp = lp * scale
+        _, lp = term_log_probs(records[term.program][term.site], term, site_scales)
         scaled[term.key] = lp
         value = lp.detach() if term.stop_gradient else lp
         value = value if term.program == "model" else -value

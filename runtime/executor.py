@@ -18,7 +18,7 @@ from runtime.contract import execute
 from runtime.enum_expectation import (carry_weighted_contraction, run_weighted_plan,
                                       weighted_contraction)
 from runtime.stacked_terms import stacked_log_probs
-from runtime.terms import masked_log_prob
+from runtime.terms import masked_log_prob, term_log_probs
 
 
 @dataclass
@@ -48,13 +48,7 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     stacked = stacked_log_probs(plan, records)  # sites in loops: one log_prob per group
     for term in plan.terms:
         site = records[term.program][term.site]
-        lp = masked_log_prob(site, term.program, stacked.get(term.key))
-        unscaled[term.key] = lp
-        scale = site["scale"]
-        if site_scales and term.site in site_scales:
-            scale = scale * site_scales[term.site]
-        if not (scale.__class__ is float and scale == 1.0):
-            lp = lp * scale
+        unscaled[term.key], lp = term_log_probs(site, term, site_scales, stacked.get(term.key))
         scaled[term.key] = lp
         total = lp.sum() if lp.dim() else lp  # a scalar term needs no sum (nor its node)
         sums.append(total.detach() if term.stop_gradient else total)

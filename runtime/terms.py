@@ -80,3 +80,16 @@ def masked_log_prob(site, program=None, log_prob=None):
     if log_prob is None:
         log_prob = site_log_prob(site, program)
     return mask_log_prob(log_prob, site["mask"])
+
+
+def term_log_probs(site, term, site_scales=None, log_prob=None):
+    """A plan term's (masked, scaled) log densities: the masked one (a score site's score)
+    and the one the ELBO adds, scaled by the site's scale times ``site_scales[site]``
+    (per-step annealing). ``log_prob``: the unmasked density, when computed already."""
+    masked = masked_log_prob(site, term.program, log_prob)
+    scale = site["scale"]
+    if site_scales and term.site in site_scales:
+        scale = scale * site_scales[term.site]
+    if scale.__class__ is float and scale == 1.0:
+        return masked, masked
+    return masked, masked * scale

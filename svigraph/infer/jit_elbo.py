@@ -263,33 +263,38 @@ class _JitELBO:
         if self._in_eager:  # the eager loss_and_grads calling back
             return super().differentiable_loss(model, guide, *args, **kwargs)
         site_scales = kwargs.pop("site_scales", None)
-        entry = self._entry(model, guide, "step", args, kwargs, site_scales)
-        if entry.refused is None:
-            out = self._jit_step(entry, model, guide, args, kwargs, site_scales)
-            if out is not None:
-                value, grads, leaves = out
-                self.step_count += 1
-                return PrecomputedGrads.apply(value, grads, *leaves)
+        entry, out = self._captured_step(model, guide, args, kwargs, site_scales)
+        if out is not None:
+            value, grads, leaves = out
+            return PrecomputedGrads.apply(value, grads, *leaves)
         return self._eager(entry, "differentiable_loss", model, guide, args, kwargs, site_scales)
 
     def loss_and_grads(self, model, guide, *args, **kwargs):
         """As the eager objective's; from a capture, the gradients are accumulated into the
         leaves' ``.grad`` directly, with no autograd pass."""
         site_scales = kwargs.pop("site_scales", None)
+        entry, out = self._captured_step(model, guide, args, kwargs, site_scales)
+        if out is not None:
+            value, grads, leaves = out
+            for leaf, grad in zip(leaves, grads):
+                if grad is not None and leaf.requires_grad:
+                    if leaf.grad is None:
+                        leaf.grad = grad
+                    else:
+                        leaf.grad += grad
+            return float(value)
+        return self._eager(entry, "loss_and_grads", model, guide, args, kwargs, site_scales)
+
+    def _captured_step(self, model, guide, args, kwargs, site_scales):
+        """(guard entry, (value, grads, leaves) from the captured step, or None when this
+        step runs eagerly)."""
         entry = self._entry(model, guide, "step", args, kwargs, site_scales)
+        out = None
         if entry.refused is None:
             out = self._jit_step(entry, model, guide, args, kwargs, site_scales)
             if out is not None:
-                value, grads, leaves = out
                 self.step_count += 1
-                for leaf, grad in zip(leaves, grads):
-                    if grad is not None and leaf.requires_grad:
-                        if leaf.grad is None:
-                            leaf.grad = grad
-                        else:
-                            leaf.grad += grad
-                return float(value)
-        return self._eager(entry, "loss_and_grads", model, guide, args, kwargs, site_scales)
+        return entry, out
 
     def loss(self, model, guide, *args, **kwargs):
         site_scales = kwargs.pop("site_scales", None)

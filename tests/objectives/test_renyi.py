@@ -20,6 +20,7 @@ from svigraph import distributions as dist, handlers
 from svigraph.constraints import positive, unit_interval
 from svigraph.errors import SvigraphError
 from svigraph.infer import RenyiELBO, Trace_ELBO
+from tests.models import PLATED_DATA, plated_guide, plated_model
 from tests.reference import guide_configurations
 
 # ---- exact references --------------------------------------------------------------------
@@ -88,22 +89,7 @@ def assert_matches_exact(elbo, model, guide, params, alpha, k, n, *args):
 
 # ---- discrete models ------------------------------------------------------------------------
 
-data = torch.tensor([1.0, 0.0, 1.0])
-
-
-def plated_model(data):
-    z = sg.sample("z", dist.Bernoulli(0.3))
-    with sg.plate("data", 3):
-        w = sg.sample("w", dist.Bernoulli(0.2 + 0.6 * z))
-        sg.sample("x", dist.Bernoulli(0.15 + 0.7 * w), obs=data)
-
-
-def plated_guide(data):
-    qz = sg.param("qz", torch.tensor(0.6), constraint=unit_interval)
-    qw = sg.param("qw", torch.tensor([0.3, 0.5, 0.7]), constraint=unit_interval)
-    z = sg.sample("z", dist.Bernoulli(qz))
-    with sg.plate("data", 3):
-        sg.sample("w", dist.Bernoulli(qw * (0.5 + 0.5 * z)))
+data = PLATED_DATA
 
 
 def coin_model(flips):

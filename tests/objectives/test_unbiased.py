@@ -11,6 +11,7 @@ import svigraph as sg
 from svigraph import distributions as dist
 from svigraph.constraints import positive, unit_interval
 from svigraph.infer import Trace_ELBO, TraceGraph_ELBO
+from tests.models import PLATED_DATA, plated_guide, plated_model
 from tests.reference import exact_grads, mean_grads
 
 ELBOS = [Trace_ELBO, TraceGraph_ELBO]
@@ -28,22 +29,7 @@ def assert_unbiased(model, guide, params, elbo, *args, n=N):
     assert abs(value - exact_value) <= 4 * value_se + 1e-6, (value, exact_value, value_se)
 
 
-data = torch.tensor([1.0, 0.0, 1.0])
-
-
-def plated_model(data):
-    z = sg.sample("z", dist.Bernoulli(0.3))
-    with sg.plate("data", 3):
-        w = sg.sample("w", dist.Bernoulli(0.2 + 0.6 * z))
-        sg.sample("x", dist.Bernoulli(0.15 + 0.7 * w), obs=data)
-
-
-def plated_guide(data):
-    qz = sg.param("qz", torch.tensor(0.6), constraint=unit_interval)
-    qw = sg.param("qw", torch.tensor([0.3, 0.5, 0.7]), constraint=unit_interval)
-    z = sg.sample("z", dist.Bernoulli(qz))
-    with sg.plate("data", 3):
-        sg.sample("w", dist.Bernoulli(qw * (0.5 + 0.5 * z)))
+data = PLATED_DATA
 
 
 @pytest.mark.parametrize("elbo", ELBOS)
