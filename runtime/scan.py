@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import torch
 
+from runtime.stacked_terms import restack
+
 
 def run_scan(spec, operands):
     """The log-sum over the chain of a ScanSpec: a tensor over ``spec.batch``.
@@ -80,7 +82,10 @@ def _stack_role(groups, operands):
 
 def _stack_group(group, operands):
     n = len(group.positions)
-    stacked = torch.stack([operands[p] for p in group.positions])
+    tensors = [operands[p] for p in group.positions]
+    stacked = restack(tensors) if group.raw else None
+    if stacked is None:
+        stacked = torch.stack(tensors)
     if group.raw:
         if group.view_shape != group.source_shape:
             stacked = stacked.reshape((n,) + group.view_shape)

@@ -176,4 +176,32 @@ def _group_log_probs(group, sites):
     log_probs = log_prob.unbind(0)
     if group.out_shape is not None:
         log_probs = [lp.expand(group.out_shape) for lp in log_probs]
+    for i, lp in enumerate(log_probs):  # a scan stacking these again takes the stack itself
+        lp.__dict__[STACKED] = (log_prob, i, group.out_shape)
     return log_probs
+
+
+# a log density's attribute when it is row i of a stacked one: (stacked, i, expanded shape)
+STACKED = "_svigraph_stacked"
+
+
+def restack(tensors):
+    """``torch.stack(tensors)``, as a slice of the stack they were cut from when they are
+    consecutive rows of one (``_group_log_probs``'s results), else None: no stack and no
+    per-site backward nodes for a chain's factors."""
+    first = tensors[0].__dict__.get(STACKED)
+    if first is None:
+        return None
+    base, start, shape = first
+    for offset, t in enumerate(tensors):
+        row = t.__dict__.get(STACKED)
+        if row is None or row[0] is not base or row[1] != start + offset:
+            return None
+    n = len(tensors)
+    out = base[start:start + n]
+    if shape is None:
+        return out
+    pad = len(shape) - (out.dim() - 1)  # plate dims the rows gained by their expansion
+    if pad:
+        out = out.reshape((n,) + (1,) * pad + out.shape[1:])
+    return out.expand((n,) + tuple(shape))

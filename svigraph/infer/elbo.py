@@ -94,8 +94,33 @@ def check_observed_support(model_sites):
     for site in model_sites.values():
         if site["is_observed"]:
             fn = site["fn"]
-            if fn.__class__ is not _Factor:
+            if fn.__class__ is _Factor:
+                continue
+            if getattr(fn.__class__, "support", None) is _REAL:
+                # every float is in the real line but nan, and a nan observation makes the
+                # loss nan, which replays the step with checks on (naming the site): only
+                # the shape needs checking here, which costs no tensor operation
+                _check_sample_shape(fn, site["value"])
+            else:
                 fn._validate_sample(site["value"])
+
+
+_REAL = torch.distributions.constraints.real
+
+
+def _check_sample_shape(fn, value):
+    """The shape half of torch's ``_validate_sample``, raising as it does."""
+    if not isinstance(value, torch.Tensor):
+        raise ValueError("The value argument to log_prob must be a Tensor")
+    shape, event = value.shape, fn.event_shape
+    if shape[len(shape) - len(event):] != event:
+        raise ValueError(f"The right-most size of value must match event_shape: {shape} vs "
+                         f"{event}.")
+    expected = fn.batch_shape + event
+    for i, j in zip(reversed(shape), reversed(expected)):
+        if i != 1 and j != 1 and i != j:
+            raise ValueError(f"Value is not broadcastable with batch_shape+event_shape: "
+                             f"{shape} vs {expected}.")
 
 
 class _PlanRunner:

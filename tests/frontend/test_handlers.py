@@ -225,3 +225,38 @@ def test_markov_checks_its_arguments():
         sg.markov(range(3), history=-1)
     with pytest.raises(TypeError, match="markov\\(range\\(T\\)\\)"):
         iter(sg.markov()).__next__()
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dist.Categorical(logits=torch.randn(2, 3, 4)),
+    lambda: dist.Bernoulli(logits=torch.randn(3)),
+    lambda: dist.Bernoulli(probs=torch.rand(3, dtype=torch.float64)),
+    lambda: dist.OneHotCategorical(logits=torch.randn(3, 5)),
+], ids=["Categorical", "Bernoulli", "Bernoulli-float64", "OneHotCategorical"])
+@pytest.mark.parametrize("dim", [-2, -4])
+def test_enumerated_support_is_the_distributions_own(make, dim):
+    """The enumeration handler's support (built once per kind, size, dtype and dim) equals
+    the distribution's ``enumerate_support``, laid along ``dim``."""
+    from svigraph.handlers import enumerated_support
+    fn = make()
+    support = fn.enumerate_support(expand=False)
+    expected = support.reshape((support.shape[0],) + (1,) * (-dim - 1) + tuple(fn.event_shape))
+    for _ in range(2):  # built, then from the cache
+        value = enumerated_support(fn, dim)
+        assert value.dtype == expected.dtype and torch.equal(value, expected)
+
+
+def test_enumerated_support_of_an_overriding_subclass_is_its_own():
+    """A subclass with its own ``enumerate_support`` is asked every time, not cached."""
+    from svigraph.handlers import enumerated_support
+
+    class Shifted(dist.Categorical):
+        offset = 0
+
+        def enumerate_support(self, expand=True):
+            return super().enumerate_support(expand) + Shifted.offset
+
+    fn = Shifted(logits=torch.zeros(3))
+    assert enumerated_support(fn, -2).flatten().tolist() == [0, 1, 2]
+    Shifted.offset = 10
+    assert enumerated_support(fn, -2).flatten().tolist() == [10, 11, 12]

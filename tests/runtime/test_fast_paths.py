@@ -15,6 +15,7 @@ from torch.distributions import Distribution
 
 import svigraph as sg
 import svigraph.primitives as primitives
+import svigraph.infer.elbo as elbo_module
 from svigraph import distributions as dist
 from svigraph.constraints import positive
 from svigraph.effects import Messenger
@@ -179,6 +180,13 @@ def test_unchecked_step_equals_checked_step(case, monkeypatch):
         return real_check(self, value)
 
     monkeypatch.setattr(Distribution, "_validate_sample", counting_check)
+    real_shape_check = elbo_module._check_sample_shape  # a real-valued site's check
+
+    def counting_shape_check(fn, value):
+        checked_values.append(type(fn).__name__)
+        return real_shape_check(fn, value)
+
+    monkeypatch.setattr(elbo_module, "_check_sample_shape", counting_shape_check)
     fast_loss, fast_grads = _loss_and_grads(warm, model, guide, args, seed=7)
     assert CHECKS == [False], "the warm objective did not take the unchecked path"
     assert len(checked_values) == 1, checked_values  # the observed site, nothing else
@@ -255,6 +263,28 @@ def test_observed_value_outside_support_on_unchecked_step():
     bad[2] = 2.0  # Bernoulli data must be 0 or 1; its unchecked log-prob would be finite
     with pytest.raises(SupportError, match="obs"):
         elbo.loss(coin_model, coin_pathwise_guide, bad)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_real_observation_on_unchecked_step_names_the_site(bad):
+    """A real-valued observation is only shape-checked on an unchecked step: a nan (outside
+    the real line) or an infinity makes the loss non-finite, which replays the step checked
+    and names the site; the params are left as they were."""
+    def model(x):
+        f = sg.sample("f", dist.Beta(10.0, 10.0))
+        with sg.plate("xs", len(x)):
+            sg.sample("obs", dist.Normal(f, 1.0), obs=x)
+
+    svi = SVI(model, coin_pathwise_guide, sg.optim.Adam({"lr": 0.01}), Trace_ELBO())
+    for _ in range(3):
+        svi.step(FLIPS)
+    before = {k: v.detach().clone() for k, v in sg.get_param_store().named_parameters()}
+    data = FLIPS.clone()
+    data[1] = bad
+    with pytest.raises((SupportError, NonFiniteLossError), match="obs"):
+        svi.step(data)
+    for name, value in sg.get_param_store().named_parameters():
+        assert torch.equal(value.detach(), before[name]), name
 
 
 def test_nan_param_on_unchecked_step_names_the_param():

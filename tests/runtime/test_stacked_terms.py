@@ -155,3 +155,54 @@ def test_a_group_whose_batch_shape_changes_falls_back():
     expected = -sum(float(dist.Normal(0.4 * i, 1.0).log_prob(values[i]).sum())
                     for i in range(3))
     assert loss == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_scan_takes_the_stacked_log_densities_whole(monkeypatch):
+    """An HMM long enough for the parallel scan: the scan slices the stacked log densities
+    instead of stacking the per-site ones again, with the same loss and gradients as the
+    site-by-site path (whose factors the scan stacks itself)."""
+    import runtime.scan as scan
+
+    data = torch.linspace(-2.0, 2.0, 40 * 3).reshape(40, 3).sin() * 2.0
+    taken = []
+
+    def counting_restack(tensors):
+        out = stacked_terms.restack(tensors)
+        taken.append((len(tensors), out is not None))
+        return out
+
+    monkeypatch.setattr(scan, "restack", counting_restack)
+    sg.clear_param_store()
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    loss_and_grads(elbo, hmm_model, no_guide, data)
+    plan = elbo.last_plan
+    assert "scan" in str(plan.contraction)
+    loss, grads = loss_and_grads(elbo, hmm_model, no_guide, data, seed=1)
+    # the chain's step factors come whole from their stacks; x_0's initial vector (z_0's
+    # factor, a site of its own, with x_0's) is stacked as before
+    steps = [ok for n, ok in taken if n > 2]
+    assert steps and all(steps), taken
+    taken.clear()
+    monkeypatch.setattr(stacked_terms, "MIN_GROUP", 10 ** 9)
+    stacked_terms._LAYOUTS.pop(plan)
+    ref_loss, ref_grads = loss_and_grads(elbo, hmm_model, no_guide, data, seed=1)
+    assert taken and not any(ok for _, ok in taken), taken
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
+
+
+def test_restack_only_takes_consecutive_rows_of_one_stack():
+    base = torch.randn(5, 3, requires_grad=True) * 1.0
+    sg.clear_param_store()
+    rows = base.unbind(0)
+    for i, row in enumerate(rows):
+        row.__dict__[stacked_terms.STACKED] = (base, i, None)
+    assert torch.equal(stacked_terms.restack(list(rows[1:4])), base[1:4])
+    assert stacked_terms.restack([rows[0], rows[2]]) is None          # not consecutive
+    assert stacked_terms.restack([rows[1], rows[0]]) is None          # not in order
+    assert stacked_terms.restack([rows[0], base[1].clone()]) is None  # not all from the stack
+    expanded = [r.expand(2, 3) for r in rows]
+    for i, row in enumerate(expanded):
+        row.__dict__[stacked_terms.STACKED] = (base, i, (2, 3))
+    assert torch.equal(stacked_terms.restack(expanded), torch.stack(expanded))
