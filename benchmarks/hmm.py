@@ -10,6 +10,11 @@ emission means; the initial state is state 0's row. Every hidden state is summed
   hand-written the log-space forward recursion over t (logsumexp of alpha + log trans), the
                same leaves, torch.optim.Adam; zero_grad / backward / step
   pyro         pyro.infer.TraceEnum_ELBO with pyro.markov, pyro.infer.SVI (optional)
+  model code alone
+               not an inference method: the model's own torch code (its T steps of
+               distributions) and a backward pass through their parameters, with no
+               log-density or contraction; what any library running the model eagerly
+               spends before doing inference (``model_code_step``)
 
 All use Adam(lr=0.05). Timings are interleaved in one process (``benchmarks.common``).
 
@@ -56,6 +61,7 @@ INIT_TRANS = torch.full((K, K), 1.0 / K) * 0.5 + 0.5 * torch.eye(K)
 INIT_LOCS = torch.linspace(-1.0, 1.0, K)
 ENUM = {"enumerate": "parallel"}
 PYRO = "pyro"
+MODEL_CODE = "model code alone"  # the eager floor: see model_code_step
 PYRO_INTERLEAVED_MAX_T = 1000   # longer: Pyro runs only in its subprocess, capped steps
 
 
@@ -109,6 +115,36 @@ def torch_step(xs):
         for t in range(1, xs.shape[0]):
             alpha = torch.logsumexp(alpha[:, None] + log_trans[:, :, None], 0) + emit[t]
         loss = -torch.logsumexp(alpha, 0).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
+def model_code_step(xs):
+    """Not an inference method: a lower bound for any library that runs the model eagerly.
+
+    The model's own torch code, step by step as the svigraph and Pyro models run it (with
+    the enumerated states' value tensors, distribution checks off), and a backward pass
+    that reaches ``trans`` and ``locs`` through every step's distribution parameters, then
+    Adam. No log-density, no contraction: whatever an eager library adds comes on top."""
+    to_simplex = biject_to(constraints.simplex)
+    leaf = to_simplex.inv(INIT_TRANS.clone()).requires_grad_()
+    locs = INIT_LOCS.clone().requires_grad_()
+    opt = torch.optim.Adam([leaf, locs], lr=LR)
+    states = (torch.arange(K).reshape(K, 1, 1), torch.arange(K).reshape(K, 1, 1, 1))
+
+    def step():
+        trans = to_simplex(leaf)
+        z, logits, loc = 0, [], []
+        for t in range(xs.shape[0]):
+            logits.append(torch.distributions.Categorical(trans[z], validate_args=False).logits)
+            z = states[t % 2]  # markov reuses two enumeration dims, alternately
+            loc.append(torch.distributions.Normal(locs[z], 1.0, validate_args=False).loc)
+            xs[t]  # the observation the model reads
+        loss = torch.cat([v.reshape(-1) for v in logits + loc]).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -246,7 +282,8 @@ def main(quick=False, out=sys.stdout, lengths=None):
     names = [SVIGRAPH, TORCH] + ([PYRO] if have_pyro else [])
     for T in lengths:
         xs = simulate(T)
-        steps = {SVIGRAPH: svigraph_step(xs, f"T{T}_"), TORCH: torch_step(xs)}
+        steps = {SVIGRAPH: svigraph_step(xs, f"T{T}_"), TORCH: torch_step(xs),
+                 MODEL_CODE: model_code_step(xs)}
         note = ""
         if have_pyro and T <= PYRO_INTERLEAVED_MAX_T:
             steps[f"pyro {pyro_version()}"] = pyro_step(xs, f"T{T}_")

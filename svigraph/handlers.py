@@ -290,9 +290,13 @@ class enum(Messenger):
                 f"remove the enumerate flag for {msg['name']!r}, or use a discrete "
                 "distribution (Categorical, Bernoulli, ...)", site=msg["name"])
         dim = self._allocate()
-        in_chain = [h for h in effects._STACK if isinstance(h, markov) and h in self._steps]
-        if in_chain:
-            self._steps[in_chain[-1]][-1].append(dim)
+        if self._steps:  # the innermost markov context that has started a step owns the dim
+            for h in reversed(effects._STACK):
+                if h.__class__ is markov or isinstance(h, markov):
+                    steps = self._steps.get(h)
+                    if steps is not None:
+                        steps[-1].append(dim)
+                        break
         msg["value"] = enumerated_support(fn, dim)
         msg["enum_dim"] = dim
 
