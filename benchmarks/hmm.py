@@ -7,6 +7,10 @@ transition matrix (a simplex-constrained param, leaf = biject_to(simplex) invers
 emission means; the initial state is state 0's row. Every hidden state is summed out:
 
   svigraph     TraceEnum_ELBO(max_plate_nesting=1), ``for t in sg.markov(range(T))``, SVI.step
+  svigraph JIT JitTraceEnum_ELBO, default options: the step is too big for inductor, so its
+               forward pass is captured, its repeated work merged and replayed under
+               autograd; the eager step and the capturing step run before the timing, and
+               the capture's seconds are printed
   hand-written the log-space forward recursion over t (logsumexp of alpha + log trans), the
                same leaves, torch.optim.Adam; zero_grad / backward / step
   pyro         pyro.infer.TraceEnum_ELBO with pyro.markov, pyro.infer.SVI (optional)
@@ -50,8 +54,8 @@ from torch.distributions import biject_to, constraints  # noqa: E402
 import svigraph as sg  # noqa: E402
 from svigraph import distributions as dist  # noqa: E402
 
-from benchmarks.common import (CLOCK, SVIGRAPH, TORCH, machine_info,  # noqa: E402
-                               pyro_version, run_workload)
+from benchmarks.common import (CLOCK, SVIGRAPH, SVIGRAPH_JIT, TORCH,  # noqa: E402
+                               machine_info, pyro_version, run_workload)
 
 K, SEQUENCES, LR = 5, 20, 0.05
 LENGTHS = (100, 1000, 10_000)
@@ -77,7 +81,7 @@ def simulate(T, seed=0):
 
 
 # ---- contenders: each returns a zero-argument step (one full training step) ----------------
-def svigraph_step(xs, tag):
+def svigraph_step(xs, tag, jit=False):
     trans_name, locs_name = f"{tag}trans", f"{tag}locs"
 
     def model(data):
@@ -92,9 +96,21 @@ def svigraph_step(xs, tag):
     def guide(data):
         pass
 
-    elbo = sg.infer.TraceEnum_ELBO(max_plate_nesting=1)
+    elbo = (sg.infer.JitTraceEnum_ELBO if jit else sg.infer.TraceEnum_ELBO)(max_plate_nesting=1)
     svi = sg.infer.SVI(model, guide, sg.optim.Adam({"lr": LR}), elbo)
     return lambda: svi.step(xs)
+
+
+def jit_step(xs, tag):
+    """(step, first-step seconds, capture seconds): the JIT contender, past its eager step
+    and the step that captures (those two are timed here, not in the table)."""
+    step = svigraph_step(xs, tag, jit=True)
+    start = CLOCK()
+    step()
+    first = CLOCK() - start
+    start = CLOCK()
+    step()
+    return step, first, CLOCK() - start
 
 
 def torch_step(xs):
@@ -184,6 +200,8 @@ def pyro_step(xs, tag):
 def make_step(name, xs, tag="bench_"):
     if name == SVIGRAPH:
         return svigraph_step(xs, tag)
+    if name == SVIGRAPH_JIT:
+        return svigraph_step(xs, tag, jit=True)
     if name == TORCH:
         return torch_step(xs)
     return pyro_step(xs, tag)
@@ -224,12 +242,18 @@ def probe(name, T, steps):
     start = CLOCK()
     first_loss = step()
     first = CLOCK() - start
+    out = {}
+    if name == SVIGRAPH_JIT:  # its second step captures: timed on its own
+        start = CLOCK()
+        step()
+        out["capture_s"] = CLOCK() - start
+        steps -= 1
     start = CLOCK()
     for _ in range(steps - 1):
         step()
     later = (CLOCK() - start) / max(1, steps - 1)
     return {"first_s": first, "step_s": later, "rss_mib": (peak() - before) / 1024.0,
-            "loss": first_loss}
+            "loss": first_loss, **out}
 
 
 def run_probe(name, T, steps, timeout):
@@ -250,13 +274,15 @@ def memory_table(T, contenders, quick, out):
     print("\n".join(rows), file=out, flush=True)
     for name in contenders:
         steps = 2 if (name == PYRO and T > PYRO_INTERLEAVED_MAX_T) or T >= 10_000 else 5
+        steps += name == SVIGRAPH_JIT  # its capturing step is reported apart
         timeout = 120 if quick else 900
         r = run_probe(name, T, steps, timeout)
         if "skipped" in r:
             rows.append(f"| {name} | skipped: {r['skipped']} | | |")
         else:
-            rows.append(f"| {name} | {r['first_s']:.2f} | {r['step_s'] * 1e3:.1f} | "
-                        f"{r['rss_mib']:.1f} |")
+            first = f"{r['first_s']:.2f}" + (f" (+ {r['capture_s']:.2f} capturing)"
+                                             if "capture_s" in r else "")
+            rows.append(f"| {name} | {first} | {r['step_s'] * 1e3:.1f} | {r['rss_mib']:.1f} |")
         print(rows[-1], file=out, flush=True)
     return "\n".join(rows) + "\n"
 
@@ -279,16 +305,20 @@ def main(quick=False, out=sys.stdout, lengths=None):
           f"pyro: {pyro_version() or 'not installed (column skipped)'}\n", file=out, flush=True)
     sections = ["## hmm\n", f"K={K} states, {SEQUENCES} sequences, Gaussian emissions, all "
                 "states summed out; Adam(lr=0.05). Step = loss, backward, optimizer step.\n"]
-    names = [SVIGRAPH, TORCH] + ([PYRO] if have_pyro else [])
+    names = [SVIGRAPH, SVIGRAPH_JIT, TORCH] + ([PYRO] if have_pyro else [])
     for T in lengths:
         xs = simulate(T)
-        steps = {SVIGRAPH: svigraph_step(xs, f"T{T}_"), TORCH: torch_step(xs),
+        jit, first, capture = jit_step(xs, f"T{T}_jit_")
+        print(f"svigraph JIT at T={T}: first (eager) step {first:.2f} s, capturing step "
+              f"{capture:.2f} s", file=out, flush=True)
+        steps = {SVIGRAPH: svigraph_step(xs, f"T{T}_"), SVIGRAPH_JIT: jit, TORCH: torch_step(xs),
                  MODEL_CODE: model_code_step(xs)}
-        note = ""
+        note = f"svigraph JIT's first two steps (eager, capturing) took {first:.1f} s and " \
+               f"{capture:.1f} s, before the timing"
         if have_pyro and T <= PYRO_INTERLEAVED_MAX_T:
             steps[f"pyro {pyro_version()}"] = pyro_step(xs, f"T{T}_")
         elif have_pyro:
-            note = "Pyro is timed in its subprocess only at this length (see below)"
+            note += "; Pyro is timed in its subprocess only at this length (see below)"
         warmup, repeats, inner = settings(T, quick)
         start = time.perf_counter()
         sections.append(run_workload(f"hmm T={T}", steps, warmup=warmup, repeats=repeats,

@@ -15,11 +15,17 @@ inputs: when it reads a value derived from an input into Python (``.item()``, ``
 ``compile_captured`` turns the graph into the callable that runs each step: ``"inductor"``
 compiles it (C++ kernels for the arithmetic; random operations fall back to aten so the
 random stream stays the eager one), ``"fx"`` replays the recorded aten calls as they are.
+
+``simplify`` is for a graph of the forward pass alone, replayed each step under autograd
+(torch computes the backward pass, in C++): it merges equal constants and repeated pure
+operations. A Markov chain's loop repeats the same work every time step (``trans[z]`` for
+the same enumerated ``z``, the same normalization); once merged, the replay does each once.
 """
 
 from __future__ import annotations
 
 import contextlib
+import operator
 import time
 import warnings
 from dataclasses import dataclass
@@ -28,7 +34,7 @@ import torch
 
 from compiler.errors import SvigraphError
 
-BACKENDS = ("inductor", "fx")
+BACKENDS = ("inductor", "fx", "forward")
 _READ_INTO_PYTHON = ("a tensor computed from the step's inputs (arguments, params, draws) is "
                      "read into Python (.item(), bool(), int(), tolist(), an if on a tensor)")
 
@@ -97,6 +103,19 @@ def _no_argument_validation():
         torch.distributions.Distribution.set_default_validate_args(validate)
 
 
+def _one_fake_mode():
+    """make_fx describes each recorded value with a fake tensor, made in a fake mode it
+    creates per value unless a tracing context offers one (each creation extracts a Python
+    stack: about half the capture time); one mode serves them all."""
+    try:
+        from torch._guards import TracingContext, tracing
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        return tracing(TracingContext(FakeTensorMode(allow_fallback_kernels=True)))
+    except Exception:  # noqa: BLE001 - another torch: capture as it comes
+        return contextlib.nullcontext()
+
+
 def capture_step(fn, inputs, quiet=False):
     """Record ``fn(*inputs)`` as an aten-level graph; return ``(graph, real outputs)``.
 
@@ -118,7 +137,7 @@ def capture_step(fn, inputs, quiet=False):
         if quiet:
             warnings.simplefilter("ignore")
         try:
-            with _no_argument_validation():
+            with _no_argument_validation(), _one_fake_mode():
                 graph = make_fx(recorded, tracing_mode="real")(*inputs)
         except CaptureRefused:
             raise
@@ -151,6 +170,106 @@ def _first_line(err):
     return text[0][:300] if text else type(err).__name__
 
 
+def simplify(graph):
+    """Merge equal small constants, then repeated pure operations (same operation, same
+    arguments), in place; return ``graph``.
+
+    Never merged: random operations (each draw is its own, in the eager order) and
+    operations that write to a tensor (and so every operation of a graph that has any).
+    Nothing is removed otherwise, so every draw stays in the graph.
+    """
+    nodes = graph.graph.nodes
+    if any(_writes(n) for n in nodes):
+        return graph
+    constants = {}
+    for node in list(nodes):
+        if node.op != "get_attr":
+            continue
+        value = getattr(graph, node.target, None)
+        if not isinstance(value, torch.Tensor) or value.numel() > _SMALL_CONSTANT \
+                or value.requires_grad:
+            continue
+        # repr tells -0.0 from 0.0 (which == does not)
+        key = (tuple(value.shape), value.dtype, value.device,
+               tuple(map(repr, value.flatten().tolist())))
+        first = constants.setdefault(key, node)
+        if first is not node:
+            node.replace_all_uses_with(first)
+            graph.graph.erase_node(node)
+    seen = {}
+    for node in list(nodes):
+        if node.op != "call_function" or not _pure(node.target):
+            continue
+        try:
+            key = (node.target, _hashable(node.args), _hashable(node.kwargs))
+        except TypeError:  # an argument that cannot be compared by value
+            continue
+        first = seen.setdefault(key, node)
+        if first is not node:
+            node.replace_all_uses_with(first)
+            graph.graph.erase_node(node)
+    graph.graph.lint()
+    graph.recompile()
+    return graph
+
+
+_SMALL_CONSTANT = 256  # elements: constants larger than this are left as they are
+
+
+def _writes(node):
+    schema = getattr(node.target, "_schema", None)
+    return node.op == "call_function" and schema is not None and schema.is_mutable
+
+
+def _pure(target):
+    if target is operator.getitem:
+        return True
+    schema = getattr(target, "_schema", None)
+    if schema is None or schema.is_mutable:
+        return False
+    return torch.Tag.nondeterministic_seeded not in getattr(target, "tags", ())
+
+
+def _hashable(value):
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__,) + tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    if isinstance(value, torch.fx.Node):
+        return ("node", value)
+    if isinstance(value, float):
+        return ("float", repr(value))
+    if isinstance(value, (int, bool, str, type(None), torch.dtype, torch.device,
+                          torch.layout, torch.memory_format)):
+        return (type(value).__name__, value)
+    raise TypeError(type(value).__name__)
+
+
+class count_aten_ops:
+    """Context manager counting the aten operations run inside (``.ops``): an eager step's
+    size, to tell a step too big to capture whole before capturing it."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class _Count(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.ops += 1
+                return func(*args, **(kwargs or {}))
+
+        self.ops = 0
+        self._mode = _Count()
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
+
+
 def count_ops(graph):
     return sum(1 for n in graph.graph.nodes if n.op == "call_function")
 
@@ -162,7 +281,8 @@ def compile_captured(graph, inputs, backend="inductor", quiet=False):
         graph: from ``capture_step``.
         inputs: example inputs (real tensors of the shapes every call will have).
         backend: "inductor" (``torch._inductor`` with aten random ops, so the random stream
-            is the eager one) or "fx" (replay the aten calls, no compile time).
+            is the eager one), "fx" (replay the aten calls, no compile time) or "forward"
+            (a forward-only graph, ``simplify``-ed, replayed under autograd).
         quiet: silence warnings raised while compiling.
 
     A failed inductor compile falls back to "fx", with the reason in ``CapturedStep.note``.
@@ -170,8 +290,8 @@ def compile_captured(graph, inputs, backend="inductor", quiet=False):
     if backend not in BACKENDS:
         raise ValueError(f"jit backend must be one of {BACKENDS}, got {backend!r}")
     ops = count_ops(graph)
-    if backend == "fx":
-        return CapturedStep(graph, graph, "fx", ops)
+    if backend in ("fx", "forward"):
+        return CapturedStep(graph, graph, backend, ops)
     start = time.perf_counter()
     try:
         run = _inductor(graph, inputs, quiet)

@@ -24,11 +24,19 @@ Random draws replay from torch's global generator in the eager order, so with th
 the JIT objective computes what its eager counterpart computes (the tests check losses and
 gradients against it).
 
-``jit_options``: ``{"backend": "inductor" | "fx", "warmup": 1, "max_ops": 10_000}``.
+``jit_options``: ``{"backend": "inductor" | "fx" | "forward", "warmup": 1, "max_ops": 3_000}``.
 "inductor" (default) compiles the graph to C++ kernels; "fx" replays the recorded aten calls
-with no compile time. Inductor compiles about 50 aten ops a second on the development machine,
-so a step captured as more than ``max_ops`` ops (an HMM of a thousand steps) is not compiled:
-that structure runs eagerly, and the plan says so.
+with no compile time. Inductor compiles 30-90 aten ops a second on the development machine,
+so a step captured as more than ``max_ops`` ops is not compiled; instead (and always with
+"forward") only its forward pass is captured, repeated pure work in it is merged
+(``runtime.capture.simplify``: a Markov chain's loop recomputes the same transition
+matrix and normalization every time step) and the result is replayed each step under
+autograd, which computes the backward pass in C++. A forward capture is checked when made:
+replayed on the same draws, it must give the eager step's loss, gradients and baseline
+averages, else (a custom ``autograd.Function`` such as torch's Beta and Dirichlet samplers
+use, whose gradient is not its aten operations') the structure runs eagerly and the plan says
+why. An eager step of more than 4 x ``max_ops`` aten ops goes to the forward capture without
+being captured whole first.
 ``warmup`` is the number of eager steps per structure before it is captured (at least 1: the
 first creates the params and the plan). Pyro's ``check_trace`` is accepted and ignored.
 ``ignore_jit_warnings=True`` silences warnings raised while capturing and compiling.
@@ -36,6 +44,7 @@ first creates the params and the plan). Pyro's ``check_trace`` is accepted and i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import weakref
@@ -45,8 +54,9 @@ from torch.distributions import biject_to, constraints
 
 from compiler.plan import Plan
 from compiler.printing import format_plan
-from runtime.capture import (BACKENDS, CaptureRefused, PrecomputedGrads, capture_step,
-                             compile_captured, count_ops, fresh_outputs)
+from runtime.capture import (BACKENDS, CapturedStep, CaptureRefused, PrecomputedGrads,
+                             capture_step, compile_captured, count_aten_ops, count_ops,
+                             fresh_outputs, simplify)
 from runtime.executor import run_plan
 from runtime.records import structure_key, args_signature
 from svigraph.effects import Messenger
@@ -56,7 +66,10 @@ from svigraph.params import get_param_store
 from svigraph.recording import record
 
 _PYRO_JIT_OPTIONS = ("check_trace", "optimize")  # torch.jit.trace's; meaningless here
-MAX_INDUCTOR_OPS = 10_000  # default jit_options max_ops: larger captured steps run eagerly
+MAX_INDUCTOR_OPS = 3_000  # default jit_options max_ops: larger steps replay their forward pass
+# an eager step of more than OVERSIZE * max_ops aten ops is not captured whole to be measured
+# (it is sure to be over; capturing 40,000 ops takes half a minute): its forward pass is
+OVERSIZE = 4
 
 
 # ---- the plan as printed by a JIT objective ------------------------------------------------
@@ -87,7 +100,7 @@ class _Entry:
     """One guard's state: warming up (eager), captured, or refused (eager for good)."""
 
     __slots__ = ("mode", "eager_steps", "step", "refused", "plan", "names", "leaves",
-                 "constraints", "shapes", "baselines", "grad_mask", "scale_names")
+                 "constraints", "shapes", "baselines", "grad_mask", "scale_names", "forward")
 
     def __init__(self, mode, scale_names):
         self.mode = mode                # "step" (gradients) or "loss"
@@ -102,6 +115,7 @@ class _Entry:
         self.shapes = ()
         self.baselines = ()    # ((site, shape of its average or None), ...): decaying averages
         self.grad_mask = ()    # per param: whether its gradient is an output
+        self.forward = False   # capture the forward pass only (its whole step is too big)
 
     @property
     def label(self):
@@ -266,6 +280,8 @@ class _JitELBO:
         entry, out = self._captured_step(model, guide, args, kwargs, site_scales)
         if out is not None:
             value, grads, leaves = out
+            if grads is None:  # a replayed forward pass: the loss carries its graph
+                return value
             return PrecomputedGrads.apply(value, grads, *leaves)
         return self._eager(entry, "differentiable_loss", model, guide, args, kwargs, site_scales)
 
@@ -276,6 +292,9 @@ class _JitELBO:
         entry, out = self._captured_step(model, guide, args, kwargs, site_scales)
         if out is not None:
             value, grads, leaves = out
+            if grads is None:  # a replayed forward pass: autograd computes the gradients
+                value.backward()
+                return float(value.detach())
             for leaf, grad in zip(leaves, grads):
                 if grad is not None and leaf.requires_grad:
                     if leaf.grad is None:
@@ -316,10 +335,17 @@ class _JitELBO:
         if site_scales is not None:
             kwargs = dict(kwargs, site_scales=site_scales)
         self._in_eager = True
+        # the last step before the capture is counted: a step far over max_ops skips the
+        # whole-step capture (minutes, for a big step) and replays its forward pass
+        sizing = (self.jit_backend == "inductor" and entry.refused is None and entry.step is None
+                  and not entry.forward and entry.eager_steps + 1 >= self.jit_warmup)
         try:
-            result = getattr(super(), method)(model, guide, *args, **kwargs)
+            with count_aten_ops() if sizing else contextlib.nullcontext() as counter:
+                result = getattr(super(), method)(model, guide, *args, **kwargs)
         finally:
             self._in_eager = False
+        if sizing and counter.ops > OVERSIZE * self.jit_max_ops:
+            entry.forward = True
         entry.eager_steps += 1
         if entry.refused is not None:  # say so on every plan this guard runs
             plan = self.last_plan
@@ -362,8 +388,11 @@ class _JitELBO:
             return None
         scales = [_as_scale(site_scales[n]) for n in entry.scale_names]
         rng = torch.get_rng_state()
-        with torch.no_grad():
+        if entry.step.backend == "forward":  # under autograd: its backward is torch's
             outputs = entry.step(*leaves, *tensors, *averages, *scales)
+        else:
+            with torch.no_grad():
+                outputs = entry.step(*leaves, *tensors, *averages, *scales)
         if not outputs[-1]:  # the loss is not finite
             # Run this very step eagerly (same draws): it raises the error naming the term.
             torch.set_rng_state(rng)
@@ -376,8 +405,12 @@ class _JitELBO:
         self._last_was_jit = True
         if entry.mode == "loss":
             return outputs[0], (), ()
-        n_grads = sum(entry.grad_mask)
         averages = self.baselines.averages
+        if entry.step is not None and entry.step.backend == "forward":
+            for (site, _), value in zip(entry.baselines, outputs[1:-1]):
+                averages[site] = value
+            return outputs[0], None, leaves
+        n_grads = sum(entry.grad_mask)
         for (site, _), value in zip(entry.baselines, outputs[1 + n_grads:-1]):
             averages[site] = value
         grads = iter(outputs[1:1 + n_grads])
@@ -385,22 +418,12 @@ class _JitELBO:
             leaves
 
     def _capture(self, entry, model, guide, args, kwargs, site_scales, tensors):
-        plan = entry.plan
-        store = get_param_store()
-        if any(n not in store for n in entry.names):
+        if self.jit_backend == "forward" or entry.forward:
+            return self._capture_forward(entry, model, guide, args, kwargs, site_scales,
+                                         tensors)
+        inputs = self._capture_inputs(entry, site_scales, tensors)
+        if inputs is None:
             return None
-        leaves = tuple(dict(store.named_parameters())[n] for n in entry.names)
-        entry.leaves = leaves
-        entry.constraints = tuple(store.get_constraint(n) for n in entry.names)
-        entry.shapes = tuple((tuple(leaf.shape), leaf.dtype) for leaf in leaves)
-        averages = self.baselines.averages
-        entry.baselines = () if entry.mode == "loss" else tuple(
-            (s.site, None if s.site not in averages else tuple(averages[s.site].shape))
-            for s in plan.scores if s.baseline is not None and s.baseline.kind == "decaying_avg")
-        inputs = ([leaf.detach() for leaf in leaves] + list(tensors)
-                  + [averages[site].detach() for site, shape in entry.baselines
-                     if shape is not None]
-                  + [_as_scale(site_scales[n]) for n in entry.scale_names])
         rng = torch.get_rng_state()
         try:
             graph, outputs = capture_step(self._step_function(entry, model, guide, args, kwargs,
@@ -414,25 +437,91 @@ class _JitELBO:
             torch.set_rng_state(rng)
             return None
         ops = count_ops(graph)
-        if self.jit_backend == "inductor" and ops > self.jit_max_ops:
-            # inductor compiles ~50 ops a second here: a 10,000-op step would take minutes,
-            # and replaying it op by op ("fx") is no faster than the eager step
-            self._refuse(entry, f"the step is {ops} aten ops, over jit_options max_ops="
-                         f"{self.jit_max_ops}: compiling would take minutes; it runs eagerly "
-                         "(raise max_ops to compile it anyway)")
-            return self._finish(entry, fresh_outputs(types.SimpleNamespace(aliased=None),
-                                                     inputs, outputs), entry.leaves)
         outputs = fresh_outputs(types.SimpleNamespace(aliased=None), inputs, outputs)
+        if self.jit_backend == "inductor" and ops > self.jit_max_ops:
+            # inductor compiles ~50 ops a second here: minutes for a step this size; from the
+            # next step on, its forward pass is replayed instead (see _capture_forward)
+            entry.forward = True
+            return self._finish(entry, outputs, entry.leaves)
         entry.step = compile_captured(graph, inputs, self.jit_backend,
                                       quiet=self.ignore_jit_warnings)
-        if isinstance(plan, JitPlan):
-            plan.jit[entry.label] = _describe(entry, len(tensors))
-        return self._finish(entry, outputs, leaves)
+        if isinstance(entry.plan, JitPlan):
+            entry.plan.jit[entry.label] = _describe(entry, len(tensors))
+        return self._finish(entry, outputs, entry.leaves)
 
-    def _step_function(self, entry, model, guide, args, kwargs, n_tensors):
+    def _capture_forward(self, entry, model, guide, args, kwargs, site_scales, tensors):
+        """Capture the step's forward pass, ``simplify`` it, and check that replaying it
+        under autograd gives the eager step's loss and gradients (same draws); then this
+        step's result is the replay's."""
+        inputs = self._capture_inputs(entry, site_scales, tensors)
+        if inputs is None:
+            return None
+        real = list(entry.leaves) + inputs[len(entry.leaves):]
+        fn = self._step_function(entry, model, guide, args, kwargs, len(tensors), forward=True)
+        rng = torch.get_rng_state()
+        try:
+            graph, _ = capture_step(fn, inputs, quiet=self.ignore_jit_warnings)
+        except CaptureRefused as err:
+            torch.set_rng_state(rng)
+            self._refuse(entry, "; ".join((err.headline,) + err.facts))
+            return None
+        recorded = count_ops(graph)
+        simplify(graph)
+        torch.set_rng_state(rng)
+        eager = fn(*real)
+        torch.set_rng_state(rng)
+        step = CapturedStep(graph, graph, "forward", count_ops(graph),
+                            note=f"{recorded} recorded")
+        replayed = step(*real)
+        if not (eager[-1] and replayed[-1]):  # not finite: the eager step names the bad term
+            torch.set_rng_state(rng)
+            return None
+        try:
+            why = _replay_differs(eager, replayed,
+                                  entry.leaves if torch.is_grad_enabled() else ())
+        except RuntimeError as err:  # e.g. "derivative for aten::_sample_dirichlet is not
+            why = f"its backward pass fails: {str(err).splitlines()[0]}"  # implemented"
+        if why:
+            torch.set_rng_state(rng)
+            self._refuse(entry, f"its forward pass, replayed under autograd, does not give "
+                                f"the eager step's results ({why}); the gradient of a custom "
+                                "autograd.Function (as torch's Beta and Dirichlet samplers "
+                                "use) is not its aten operations'")
+            return None
+        entry.step = step
+        if isinstance(entry.plan, JitPlan):
+            entry.plan.jit[entry.label] = _describe(entry, len(tensors))
+        return self._finish(entry, replayed, entry.leaves)
+
+    def _capture_inputs(self, entry, site_scales, tensors):
+        """The capture's inputs (params' leaves detached, argument tensors, baseline
+        averages, site scales), recording in ``entry`` what later steps are checked
+        against; None when a param is missing from the store."""
+        plan = entry.plan
+        store = get_param_store()
+        if any(n not in store for n in entry.names):
+            return None
+        leaves = tuple(dict(store.named_parameters())[n] for n in entry.names)
+        entry.leaves = leaves
+        entry.constraints = tuple(store.get_constraint(n) for n in entry.names)
+        entry.shapes = tuple((tuple(leaf.shape), leaf.dtype) for leaf in leaves)
+        averages = self.baselines.averages
+        entry.baselines = () if entry.mode == "loss" else tuple(
+            (s.site, None if s.site not in averages else tuple(averages[s.site].shape))
+            for s in plan.scores if s.baseline is not None and s.baseline.kind == "decaying_avg")
+        return ([leaf.detach() for leaf in leaves] + list(tensors)
+                + [averages[site].detach() for site, shape in entry.baselines
+                   if shape is not None]
+                + [_as_scale(site_scales[n]) for n in entry.scale_names])
+
+    def _step_function(self, entry, model, guide, args, kwargs, n_tensors, forward=False):
         """The function captured: (leaves, argument tensors, baseline averages, site scales)
-        -> (loss, gradients of the leaves that reach it, new baseline averages)."""
-        grads = entry.mode == "step"
+        -> (loss, gradients of the leaves that reach it, new baseline averages, finite).
+
+        ``forward``: the forward pass alone, -> (loss, new baseline averages, finite), the
+        loss keeping its graph: replayed under autograd, which computes the gradients."""
+        train = entry.mode == "step"
+        grads = train and not forward  # gradients inside the graph
         n_leaves = len(entry.names)
         have_average = [site for site, shape in entry.baselines if shape is not None]
         plan, signature = entry.plan, args_signature(args, kwargs)
@@ -456,9 +545,9 @@ class _JitELBO:
                         raise CaptureRefused("the structure changed between the eager step "
                                              "and the capture")
                     records = {"guide": guide_rec.sites, "model": model_rec.sites}
-                    parts = run_plan(plan, records, baselines, with_surrogate=grads,
+                    parts = run_plan(plan, records, baselines, with_surrogate=train,
                                      site_scales=site_scales)
-                    if grads:
+                    if train:
                         baselines.commit()
                         total = total - (parts.elbo + (parts.surrogate
                                                        - parts.surrogate.detach()))
@@ -466,12 +555,16 @@ class _JitELBO:
                         total = total - parts.elbo
             loss = total / num_particles
             finite = torch.isfinite(loss.detach())  # checked each step, in the graph
+            averages = tuple(baselines.averages[site] for site, _ in entry.baselines) \
+                if train else ()
+            if forward:
+                return (loss,) + averages + (finite,)
             if not grads:
                 return (loss.detach(), finite)
             found = torch.autograd.grad(loss, leaves, allow_unused=True) if leaves else ()
             entry.grad_mask = tuple(g is not None for g in found)
-            return ((loss.detach(),) + tuple(g for g in found if g is not None)
-                    + tuple(baselines.averages[site] for site, _ in entry.baselines) + (finite,))
+            return ((loss.detach(),) + tuple(g for g in found if g is not None) + averages
+                    + (finite,))
 
         return step
 
@@ -484,9 +577,34 @@ def _describe(entry, n_tensors):
         inputs.append(f"{len(entry.baselines)} baseline average(s)")
     if entry.scale_names:
         inputs.append(f"site_scales {', '.join(entry.scale_names)}")
+    if step.backend == "forward":
+        return (f"captured the forward pass: {step.ops} aten ops after merging repeated work "
+                f"({step.note}); inputs {', '.join(inputs)}; replayed under autograd")
     compiled = (f"inductor, compiled in {step.compile_seconds:.1f} s" if step.backend == "inductor"
                 else "fx replay" + (f" ({step.note})" if step.note else ""))
     return f"captured {what}: {step.ops} aten ops; inputs {', '.join(inputs)}; {compiled}"
+
+
+def _replay_differs(eager, replayed, leaves):
+    """Why a replayed forward pass's outputs (and the leaves' gradients) are not the eager
+    ones, or "" when they agree (to rounding: merged work may sum in another order)."""
+    for i, (a, b) in enumerate(zip(eager[:-1], replayed[:-1])):
+        if not _close(a.detach(), b.detach()):
+            return "loss" if i == 0 else f"baseline average {i - 1}"
+    if leaves and eager[0].requires_grad and replayed[0].requires_grad:
+        found = torch.autograd.grad(eager[0], leaves, allow_unused=True)
+        again = torch.autograd.grad(replayed[0], leaves, allow_unused=True, retain_graph=True)
+        for i, (a, b) in enumerate(zip(found, again)):
+            if (a is None) != (b is None) or (a is not None and not _close(a, b)):
+                return f"gradient of param {i}"
+    elif leaves and eager[0].requires_grad != replayed[0].requires_grad:
+        return "gradient"
+    return ""
+
+
+def _close(a, b):
+    scale = max(1.0, float(a.abs().max())) if a.numel() else 1.0
+    return a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-6 * scale)
 
 
 class JitTrace_ELBO(_JitELBO, Trace_ELBO):

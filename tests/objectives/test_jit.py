@@ -9,6 +9,8 @@ The "fx" backend replays the recorded aten calls, so equality is to float roundi
 since compiling takes seconds).
 """
 
+import re
+
 import pytest
 import torch
 
@@ -364,15 +366,30 @@ def test_module_weights_are_not_captured_as_constants():
     del eager
 
 
-def test_step_over_max_ops_runs_eagerly_and_says_why():
+def test_step_over_max_ops_replays_its_forward_pass():
     """With the inductor backend, a captured step bigger than max_ops is not compiled (it
-    would take minutes): the structure runs eagerly, exactly as the eager objective."""
-    eager = run_steps(Trace_ELBO(), coin_model, coin_guide, (FLIPS,), steps=5)
+    would take minutes): its forward pass is captured, simplified and replayed under
+    autograd, with the eager objective's losses and gradients (same draws)."""
+    data = torch.tensor([0.3, -1.2, 2.0, 0.7])
+    eager = run_steps(Trace_ELBO(), normal_model, normal_guide, (data,), steps=6)
     elbo = JitTrace_ELBO(jit_options={"max_ops": 5})
+    jit = run_steps(elbo, normal_model, normal_guide, (data,), steps=6)
+    assert_same(eager, jit, rtol=1e-5)
+    note = captured(elbo)
+    assert note.startswith("captured the forward pass: ") and "replayed under autograd" in note
+
+
+def test_forward_replay_refused_for_a_custom_autograd_function():
+    """Beta's sampler differentiates by a custom autograd.Function, which a replay of the
+    recorded aten operations cannot: the replay is checked against the eager step when
+    captured, refused, and the structure runs eagerly, exactly as the eager objective."""
+    eager = run_steps(Trace_ELBO(), coin_model, coin_guide, (FLIPS,), steps=5)
+    elbo = JitTrace_ELBO(jit_options={"backend": "forward"})
     jit = run_steps(elbo, coin_model, coin_guide, (FLIPS,), steps=5)
     assert_same(eager, jit)
     note = captured(elbo)
-    assert note.startswith("not captured: the step is ") and "max_ops=5" in note
+    assert note.startswith("not captured: its forward pass, replayed under autograd")
+    assert "_sample_dirichlet" in note
 
 
 def test_unknown_jit_option_is_refused():
@@ -431,3 +448,141 @@ def test_inductor_backend_equals_eager(objective, eager_objective, guide):
     # gradient multiplies by cost minus baseline, a difference that magnifies it to ~1e-5
     assert_same(eager, jit, rtol=1e-4, atol=1e-5)
     assert "inductor, compiled in" in captured(elbo)
+
+
+# ---- the "forward" backend: the forward pass replayed under autograd --------------------------
+def hmm_model(data):
+    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]),
+                     constraint=sg.constraints.simplex)
+    locs = sg.param("locs", torch.tensor([-1.0, 1.0]))
+    with sg.plate("seqs", data.shape[1], dim=-1):
+        z = 0
+        for t in sg.markov(range(data.shape[0])):
+            z = sg.sample(f"z{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
+            sg.sample(f"x{t}", dist.Normal(locs[z], 1.0), obs=data[t])
+
+
+def no_guide(data):
+    pass
+
+
+HMM_DATA = torch.linspace(-2.0, 2.0, 40 * 3).reshape(40, 3).sin() * 2.0  # long: a scan
+
+
+@pytest.fixture
+def float64():
+    saved = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(saved)
+
+
+@pytest.mark.parametrize("case", ["normal", "hmm"])
+def test_forward_backend_equals_eager(case, float64):
+    """The "forward" backend (forward pass captured, repeated work merged, replayed under
+    autograd) gives the eager objective's losses and gradients over six SGD steps; the
+    HMM's loop repeats the same transition work every step, which the replay does once.
+    In float64: merged work may add the same terms in another order, a rounding
+    difference that float32 training trajectories amplify (to 1e-5 in six steps here)."""
+    if case == "normal":
+        args, model, guide = (torch.tensor([0.3, -1.2, 2.0, 0.7]),), normal_model, normal_guide
+        eager_elbo, jit_elbo = Trace_ELBO(), JitTrace_ELBO(jit_options={"backend": "forward"})
+    else:
+        args, model, guide = (HMM_DATA.double(),), hmm_model, no_guide
+        eager_elbo = TraceEnum_ELBO(max_plate_nesting=1)
+        jit_elbo = JitTraceEnum_ELBO(max_plate_nesting=1, jit_options={"backend": "forward"})
+    eager = run_steps(eager_elbo, model, guide, args, steps=6)
+    jit = run_steps(jit_elbo, model, guide, args, steps=6)
+    assert_same(eager, jit, rtol=1e-10, atol=1e-10)
+    note = captured(jit_elbo)
+    assert note.startswith("captured the forward pass: "), note
+    kept, recorded = map(int, re.search(
+        r"(\d+) aten ops after merging repeated work \((\d+) recorded", note).groups())
+    if case == "hmm":
+        assert kept < 0.6 * recorded, note
+
+
+FORWARD = {"backend": "forward"}
+
+
+def normal_score_guide(data):
+    loc = sg.param("loc", torch.tensor(0.0))
+    scale = sg.param("scale", torch.tensor(1.0), constraint=positive)
+    sg.sample("mu", dist.Normal(loc, scale).with_rsample(False), infer=BASELINE)
+
+
+def _forward_cases():
+    data = torch.tensor([0.5, -1.0, 2.0, 0.3, 1.1, -0.4])
+    return {
+        "chain": (Trace_ELBO(), JitTrace_ELBO(jit_options=FORWARD), chain_model, chain_guide,
+                  (torch.tensor(1.5),)),
+        "subsampled-plate": (Trace_ELBO(), JitTrace_ELBO(jit_options=FORWARD), plated_model,
+                             plated_guide, (data,)),
+        "enumerated-mixture": (TraceEnum_ELBO(max_plate_nesting=1),
+                               JitTraceEnum_ELBO(max_plate_nesting=1, jit_options=FORWARD),
+                               mixture_model, mixture_guide, (data[:5],)),
+        "score-function-baseline": (TraceGraph_ELBO(), JitTraceGraph_ELBO(jit_options=FORWARD),
+                                    normal_model, normal_score_guide, (data,)),
+        "particles": (Trace_ELBO(num_particles=3),
+                      JitTrace_ELBO(num_particles=3, jit_options=FORWARD),
+                      normal_model, normal_guide, (data,)),
+    }
+
+
+@pytest.mark.parametrize("case", ["chain", "subsampled-plate", "enumerated-mixture",
+                                  "score-function-baseline", "particles"])
+def test_forward_backend_scenarios_equal_eager(case, float64):
+    """Draws (the guide's, a plate's subsample), enumeration, score functions with their
+    decaying baseline (an input and an output of the replay) and particles: the replayed
+    forward pass gives the eager objective's losses, gradients and baseline averages."""
+    eager_elbo, jit_elbo, model, guide, args = _forward_cases()[case]
+    eager = run_steps(eager_elbo, model, guide, args, steps=6, lr=0.01)
+    jit = run_steps(jit_elbo, model, guide, args, steps=6, lr=0.01)
+    assert_same(eager, jit, rtol=1e-10, atol=1e-10)
+    assert captured(jit_elbo).startswith("captured the forward pass: ")
+    for site, average in eager_elbo.baselines.averages.items():
+        assert torch.allclose(jit_elbo.baselines.averages[site], average, rtol=1e-10)
+
+
+def test_forward_backend_loss_only_loss_and_grads_and_site_scales(float64):
+    """``loss()`` replays a forward pass of its own (under no_grad); ``loss_and_grads``
+    accumulates into ``.grad`` by autograd, as the eager objective does; per-call
+    ``site_scales`` are replay inputs."""
+    data = torch.tensor([0.3, -1.2, 2.0, 0.7])
+
+    def losses(objective):
+        sg.clear_param_store()
+        sg.set_rng_seed(1)
+        return [objective.loss(normal_model, normal_guide, data) for _ in range(4)]
+
+    elbo = JitTrace_ELBO(jit_options=FORWARD)
+    assert losses(elbo) == pytest.approx(losses(Trace_ELBO()), rel=1e-12)
+    assert captured(elbo, "loss").startswith("captured the forward pass: ")
+
+    def accumulated(objective):
+        sg.clear_param_store()
+        sg.set_rng_seed(2)
+        values = [objective.loss_and_grads(normal_model, normal_guide, data,
+                                           site_scales={"mu": 0.5 * (i + 1)})
+                  for i in range(4)]
+        return values, {n: leaf.grad.clone()
+                        for n, leaf in sg.get_param_store().named_parameters()}
+
+    (jit_values, jit_grads), (values, grads) = accumulated(elbo), accumulated(Trace_ELBO())
+    assert jit_values == pytest.approx(values, rel=1e-12)
+    assert jit_grads.keys() == grads.keys()
+    for name in grads:
+        assert torch.allclose(jit_grads[name], grads[name], rtol=1e-10), name
+    assert "site_scales mu" in captured(elbo, "step[site_scales mu]")
+
+
+def test_forward_backend_non_finite_param_raises_the_eager_error():
+    elbo = JitTrace_ELBO(jit_options=FORWARD)
+    data = torch.tensor([0.3, -1.2])
+    for _ in range(3):
+        elbo.differentiable_loss(normal_model, normal_guide, data)
+    assert captured(elbo).startswith("captured the forward pass: ")
+    with torch.no_grad():
+        dict(sg.get_param_store().named_parameters())["loc"].fill_(float("nan"))
+    with pytest.raises(NonFiniteLossError, match="loc"):
+        elbo.differentiable_loss(normal_model, normal_guide, data)
