@@ -11,6 +11,7 @@ from functools import lru_cache
 import torch
 
 from compiler.errors import SupportError
+from runtime.support import enumerated_support
 
 # a plate-expanded distribution's attribute: the distribution it was expanded from
 UNEXPANDED = "_svigraph_unexpanded"
@@ -26,12 +27,17 @@ def site_log_prob(site, program=None):
     try:
         base = fn.__dict__.get(UNEXPANDED)
         if base is not None:
-            lp = base.log_prob(site["value"])
+            lp = enumerated_categorical_log_prob(site, base)
+            if lp is None:
+                lp = base.log_prob(site["value"])
             # the expanded distribution's log density is this one broadcast over its batch
             # shape (also for a factor, whose log density ignores the value)
             shape = _broadcast(tuple(lp.shape), tuple(fn.batch_shape))
             if shape is not None:
                 return lp if lp.shape == shape else lp.expand(shape)
+        lp = enumerated_categorical_log_prob(site, fn)
+        if lp is not None:
+            return lp
         return fn.log_prob(site["value"])  # (a shape that does not broadcast raises here)
     except ValueError as err:
         fn, value = site["fn"], site["value"]
@@ -43,6 +49,29 @@ def site_log_prob(site, program=None):
              f"event {tuple(fn.event_shape)}, support {fn.support}"],
             "check that the value lies in the distribution's support and has the site's shape",
             site=site["name"]) from err
+
+
+def enumerated_categorical_log_prob(site, fn):
+    """A Categorical's log density at its whole support laid along the site's enumeration
+    dim, as views of its normalized logits (the support's k-th value scores logits[..., k]);
+    None unless the site is such a site. Equal to ``fn.log_prob(value)``, which gathers."""
+    dim = site.get("enum_dim")
+    if dim is None or type(fn).log_prob is not _CATEGORICAL_LOG_PROB:
+        return None
+    logits = fn.logits
+    batch, k = tuple(logits.shape[:-1]), logits.shape[-1]
+    value = site["value"]
+    if value.shape != (k,) + (1,) * (-dim - 1) or value is not enumerated_support(fn, dim):
+        return None
+    rank = max(-dim, len(batch))
+    at = rank + dim  # the enumeration dim's position, counted from the left
+    if at < rank - len(batch) or batch[at - (rank - len(batch))] == 1:
+        logits = logits.reshape((1,) * (rank - len(batch)) + batch + (k,))
+        return logits.transpose(at, -1).squeeze(-1)
+    return None
+
+
+_CATEGORICAL_LOG_PROB = torch.distributions.Categorical.log_prob
 
 
 @lru_cache(maxsize=1024)

@@ -6,7 +6,7 @@ import torch
 
 import svigraph as sg
 from svigraph import distributions as dist
-from svigraph.constraints import unit_interval
+from svigraph.constraints import simplex, unit_interval
 
 PLATED_DATA = torch.tensor([1.0, 0.0, 1.0])
 
@@ -26,3 +26,18 @@ def plated_guide(data):
     z = sg.sample("z", dist.Bernoulli(qz))
     with sg.plate("data", 3):
         sg.sample("w", dist.Bernoulli(qw * (0.5 + 0.5 * z)))
+
+
+def hmm_model(data):
+    """A two-state HMM over ``data`` of shape (T, sequences), every state enumerated."""
+    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]), constraint=simplex)
+    locs = sg.param("locs", torch.tensor([-1.0, 1.0]))
+    with sg.plate("seqs", data.shape[1], dim=-1):
+        z = 0
+        for t in sg.markov(range(data.shape[0])):
+            z = sg.sample(f"z{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
+            sg.sample(f"x{t}", dist.Normal(locs[z], 1.0), obs=data[t])
+
+
+def no_guide(data):
+    pass

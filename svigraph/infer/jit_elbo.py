@@ -67,8 +67,9 @@ from svigraph.recording import record
 
 _PYRO_JIT_OPTIONS = ("check_trace", "optimize")  # torch.jit.trace's; meaningless here
 MAX_INDUCTOR_OPS = 3_000  # default jit_options max_ops: larger steps replay their forward pass
-# an eager step of more than OVERSIZE * max_ops aten ops is not captured whole to be measured
-# (it is sure to be over; capturing 40,000 ops takes half a minute): its forward pass is
+# An eager step of more than OVERSIZE * max_ops aten ops is sure to be over max_ops: it is
+# not captured whole just to be measured (40,000 ops take half a minute), its forward pass is
+# captured straight away.
 OVERSIZE = 4
 
 

@@ -20,6 +20,7 @@ from svigraph.constraints import positive
 from svigraph.errors import NonFiniteLossError
 from svigraph.infer import (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, SVI,
                             Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, config_enumerate)
+from tests.models import hmm_model, no_guide
 
 FX = {"backend": "fx"}
 FLIPS = torch.tensor([1.0] * 6 + [0.0] * 4)
@@ -379,6 +380,33 @@ def test_step_over_max_ops_replays_its_forward_pass():
     assert note.startswith("captured the forward pass: ") and "replayed under autograd" in note
 
 
+@pytest.mark.parametrize("oversize", [4, 10 ** 9], ids=["counted-eager-step", "captured-whole"])
+def test_step_over_max_ops_is_found_out_either_way(oversize, monkeypatch):
+    """A step is known to be over max_ops either from its eager step's aten-op count (far
+    over: no whole-step capture) or from its whole-step capture (then the forward pass is
+    captured on the next step); both end replaying the forward pass, exact as eager."""
+    import runtime.capture as capture
+    import svigraph.infer.jit_elbo as jit_elbo
+
+    calls = []
+    real_capture = jit_elbo.capture_step
+
+    def counting_capture(fn, inputs, quiet=False):
+        calls.append(len(inputs))
+        return real_capture(fn, inputs, quiet)
+
+    monkeypatch.setattr(jit_elbo, "OVERSIZE", oversize)
+    monkeypatch.setattr(jit_elbo, "capture_step", counting_capture)
+    data = torch.tensor([0.3, -1.2, 2.0, 0.7])
+    eager = run_steps(Trace_ELBO(), normal_model, normal_guide, (data,), steps=5)
+    elbo = JitTrace_ELBO(jit_options={"max_ops": 5})
+    jit = run_steps(elbo, normal_model, normal_guide, (data,), steps=5)
+    assert_same(eager, jit, rtol=1e-5)
+    assert captured(elbo).startswith("captured the forward pass: ")
+    assert len(calls) == (1 if oversize == 4 else 2)
+    assert capture.BACKENDS == ("inductor", "fx", "forward")
+
+
 def test_forward_replay_refused_for_a_custom_autograd_function():
     """Beta's sampler differentiates by a custom autograd.Function, which a replay of the
     recorded aten operations cannot: the replay is checked against the eager step when
@@ -451,21 +479,6 @@ def test_inductor_backend_equals_eager(objective, eager_objective, guide):
 
 
 # ---- the "forward" backend: the forward pass replayed under autograd --------------------------
-def hmm_model(data):
-    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]),
-                     constraint=sg.constraints.simplex)
-    locs = sg.param("locs", torch.tensor([-1.0, 1.0]))
-    with sg.plate("seqs", data.shape[1], dim=-1):
-        z = 0
-        for t in sg.markov(range(data.shape[0])):
-            z = sg.sample(f"z{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
-            sg.sample(f"x{t}", dist.Normal(locs[z], 1.0), obs=data[t])
-
-
-def no_guide(data):
-    pass
-
-
 HMM_DATA = torch.linspace(-2.0, 2.0, 40 * 3).reshape(40, 3).sin() * 2.0  # long: a scan
 
 

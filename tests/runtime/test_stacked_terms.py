@@ -13,8 +13,9 @@ import runtime.stacked_terms as stacked_terms
 import svigraph as sg
 from runtime.terms import site_log_prob
 from svigraph import distributions as dist
-from svigraph.constraints import positive, simplex
+from svigraph.constraints import positive
 from svigraph.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
+from tests.models import hmm_model, no_guide
 
 N = 6
 DATA = torch.tensor([0.3, -1.2, 2.0, 0.7, 1.1, -0.4])
@@ -33,20 +34,6 @@ def chain_guide(data, score_every=2):
         scale = sg.param(f"scale{i}", torch.tensor(0.8), constraint=positive)
         d = dist.Normal(loc, scale)
         sg.sample(f"z{i}", d.with_rsample(False) if i % score_every == 0 else d)
-
-
-def hmm_model(data):
-    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]), constraint=simplex)
-    locs = sg.param("locs", torch.tensor([-1.0, 1.0]))
-    with sg.plate("seqs", data.shape[1], dim=-1):
-        z = 0
-        for t in sg.markov(range(data.shape[0])):
-            z = sg.sample(f"z{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
-            sg.sample(f"x{t}", dist.Normal(locs[z], 1.0), obs=data[t])
-
-
-def no_guide(data):
-    pass
 
 
 HMM_DATA = torch.tensor([[0.1, -1.0, 2.0], [1.2, -0.3, 0.8], [-1.5, 0.4, 1.1], [0.9, 1.3, -0.2],
