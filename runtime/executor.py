@@ -222,7 +222,8 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
 
 def check_finite(plan, parts, step=None):
     """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
-    if bool(torch.isfinite(parts.elbo + parts.surrogate)):  # one sync on the common path
+    both = parts.elbo + parts.surrogate if parts.surrogate.requires_grad else parts.elbo
+    if bool(torch.isfinite(both)):  # one sync on the common path
         return
     if bool(torch.isfinite(parts.elbo)):
         if bool(torch.isfinite(parts.surrogate)):

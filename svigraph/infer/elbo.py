@@ -323,9 +323,12 @@ class ELBO:
         with gc_paused():
             for _ in range(self._runs):
                 parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
-                total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
+                if parts.surrogate.requires_grad:
+                    total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
+                else:  # no score terms: the surrogate is a constant 0, which adds nothing
+                    total = total - parts.elbo
         self.step_count += 1
-        return total / self.num_particles
+        return total / self.num_particles if self.num_particles != 1 else total
 
     def loss(self, model, guide, *args, **kwargs):
         """The −ELBO estimate, a float (no gradients are computed)."""
