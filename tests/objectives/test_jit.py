@@ -385,7 +385,6 @@ def test_step_over_max_ops_is_found_out_either_way(oversize, monkeypatch):
     """A step is known to be over max_ops either from its eager step's aten-op count (far
     over: no whole-step capture) or from its whole-step capture (then the forward pass is
     captured on the next step); both end replaying the forward pass, exact as eager."""
-    import runtime.capture as capture
     import svigraph.infer.jit_elbo as jit_elbo
 
     calls = []
@@ -404,7 +403,6 @@ def test_step_over_max_ops_is_found_out_either_way(oversize, monkeypatch):
     assert_same(eager, jit, rtol=1e-5)
     assert captured(elbo).startswith("captured the forward pass: ")
     assert len(calls) == (1 if oversize == 4 else 2)
-    assert capture.BACKENDS == ("inductor", "fx", "forward")
 
 
 def test_forward_replay_refused_for_a_custom_autograd_function():
