@@ -55,7 +55,7 @@ import svigraph as sg  # noqa: E402
 from svigraph import distributions as dist  # noqa: E402
 
 from benchmarks.common import (CLOCK, SVIGRAPH, SVIGRAPH_JIT, TORCH,  # noqa: E402
-                               machine_info, pyro_version, run_workload)
+                               machine_info, optional_pyro, pyro_version, run_workload)
 
 K, SEQUENCES, LR = 5, 20, 0.05
 LENGTHS = (100, 1000, 10_000)
@@ -81,21 +81,27 @@ def simulate(T, seed=0):
 
 
 # ---- contenders: each returns a zero-argument step (one full training step) ----------------
-def svigraph_step(xs, tag, jit=False):
+def programs(lib, d, tag):
+    """(model, guide) written with ``lib`` (svigraph or pyro) and its distributions ``d``."""
     trans_name, locs_name = f"{tag}trans", f"{tag}locs"
 
     def model(data):
-        trans = sg.param(trans_name, INIT_TRANS.clone(), constraint=constraints.simplex)
-        locs = sg.param(locs_name, INIT_LOCS.clone())
-        with sg.plate("sequences", data.shape[1], dim=-1):
+        trans = lib.param(trans_name, INIT_TRANS.clone(), constraint=constraints.simplex)
+        locs = lib.param(locs_name, INIT_LOCS.clone())
+        with lib.plate("sequences", data.shape[1], dim=-1):
             z = 0
-            for t in sg.markov(range(data.shape[0])):
-                z = sg.sample(f"z_{t}", dist.Categorical(trans[z]), infer=ENUM)
-                sg.sample(f"x_{t}", dist.Normal(locs[z], 1.0), obs=data[t])
+            for t in lib.markov(range(data.shape[0])):
+                z = lib.sample(f"z_{t}", d.Categorical(trans[z]), infer=ENUM)
+                lib.sample(f"x_{t}", d.Normal(locs[z], 1.0), obs=data[t])
 
     def guide(data):
         pass
 
+    return model, guide
+
+
+def svigraph_step(xs, tag, jit=False):
+    model, guide = programs(sg, dist, tag)
     elbo = (sg.infer.JitTraceEnum_ELBO if jit else sg.infer.TraceEnum_ELBO)(max_plate_nesting=1)
     svi = sg.infer.SVI(model, guide, sg.optim.Adam({"lr": LR}), elbo)
 
@@ -127,13 +133,19 @@ def jit_step(xs, tag):
     return step, first, capturing(step)[0]
 
 
-def torch_step(xs):
-    """The forward algorithm by hand: alpha_t = logsumexp_i(alpha_{t-1}[i] + log A[i, j])
-    + log N(x_t | loc_j, 1), from alpha_0 = log A[0] + emission; loss -sum log p(x)."""
+def _leaves():
+    """The hand-written steps' leaves: (simplex transform, its unconstrained leaf for the
+    transition matrix, the emission means, Adam over both), from the models' inits."""
     to_simplex = biject_to(constraints.simplex)
     leaf = to_simplex.inv(INIT_TRANS.clone()).requires_grad_()
     locs = INIT_LOCS.clone().requires_grad_()
-    opt = torch.optim.Adam([leaf, locs], lr=LR)
+    return to_simplex, leaf, locs, torch.optim.Adam([leaf, locs], lr=LR)
+
+
+def torch_step(xs):
+    """The forward algorithm by hand: alpha_t = logsumexp_i(alpha_{t-1}[i] + log A[i, j])
+    + log N(x_t | loc_j, 1), from alpha_0 = log A[0] + emission; loss -sum log p(x)."""
+    to_simplex, leaf, locs, opt = _leaves()
 
     def step():
         log_trans = to_simplex(leaf).log()
@@ -160,10 +172,7 @@ def model_code_step(xs):
     the enumerated states' value tensors, distribution checks off), and a backward pass
     that reaches ``trans`` and ``locs`` through every step's distribution parameters, then
     Adam. No log-density, no contraction: whatever an eager library adds comes on top."""
-    to_simplex = biject_to(constraints.simplex)
-    leaf = to_simplex.inv(INIT_TRANS.clone()).requires_grad_()
-    locs = INIT_LOCS.clone().requires_grad_()
-    opt = torch.optim.Adam([leaf, locs], lr=LR)
+    to_simplex, leaf, locs, opt = _leaves()
     states = (torch.arange(K).reshape(K, 1, 1), torch.arange(K).reshape(K, 1, 1, 1))
 
     def step():
@@ -185,27 +194,10 @@ def model_code_step(xs):
 
 def pyro_step(xs, tag):
     """Pyro's TraceEnum_ELBO on the same model, or None when Pyro is not importable."""
-    try:
-        import pyro
-        import pyro.distributions as pdist
-        import pyro.infer
-        import pyro.optim
-    except ImportError:
+    pyro, pdist = optional_pyro()  # imported here: svigraph's subprocesses never load it
+    if pyro is None:
         return None
-    trans_name, locs_name = f"{tag}trans", f"{tag}locs"
-
-    def model(data):
-        trans = pyro.param(trans_name, INIT_TRANS.clone(), constraint=constraints.simplex)
-        locs = pyro.param(locs_name, INIT_LOCS.clone())
-        with pyro.plate("sequences", data.shape[1], dim=-1):
-            z = 0
-            for t in pyro.markov(range(data.shape[0])):
-                z = pyro.sample(f"z_{t}", pdist.Categorical(trans[z]), infer=ENUM)
-                pyro.sample(f"x_{t}", pdist.Normal(locs[z], 1.0), obs=data[t])
-
-    def guide(data):
-        pass
-
+    model, guide = programs(pyro, pdist, tag)
     elbo = pyro.infer.TraceEnum_ELBO(max_plate_nesting=1)
     svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": LR}), elbo)
     return lambda: svi.step(xs)

@@ -25,7 +25,7 @@ import weakref
 import torch
 from torch import distributions as td
 
-from runtime.terms import UNEXPANDED
+from runtime.terms import UNEXPANDED, broadcast_shape
 
 # torch classes whose log_prob works batch element by batch element from tensor attributes
 # that carry the full batch shape (set by broadcast_all or the constructor)
@@ -127,18 +127,14 @@ def _plan_groups(records, names):
         cls, _, batch, event, value_shape, _, full_batch = key
         value_batch = value_shape[:len(value_shape) - len(event)]
         rank = max(len(batch), len(value_batch))
-        own = torch.Size(_broadcast(value_batch, batch))
-        out = torch.Size(_broadcast(value_batch, full_batch))
+        own = broadcast_shape(tuple(value_batch), tuple(batch))
+        out = broadcast_shape(tuple(value_batch), tuple(full_batch))
+        if own is None or out is None:  # its sites' log_prob raises: the per-site path says so
+            continue
         groups.append(_Group(program, tuple(members), cls, rank - len(batch),
                              rank - len(value_batch), batch, event, own,
                              None if out == own else out))
     return tuple(groups)
-
-
-def _broadcast(a, b):
-    n = max(len(a), len(b))
-    a, b = (1,) * (n - len(a)) + tuple(a), (1,) * (n - len(b)) + tuple(b)
-    return tuple(y if x == 1 else x for x, y in zip(a, b))
 
 
 def _group_log_probs(group, sites):

@@ -32,7 +32,7 @@ def site_log_prob(site, program=None):
                 lp = base.log_prob(site["value"])
             # the expanded distribution's log density is this one broadcast over its batch
             # shape (also for a factor, whose log density ignores the value)
-            shape = _broadcast(tuple(lp.shape), tuple(fn.batch_shape))
+            shape = broadcast_shape(tuple(lp.shape), tuple(fn.batch_shape))
             if shape is not None:
                 return lp if lp.shape == shape else lp.expand(shape)
         lp = enumerated_categorical_log_prob(site, fn)
@@ -75,7 +75,7 @@ _CATEGORICAL_LOG_PROB = torch.distributions.Categorical.log_prob
 
 
 @lru_cache(maxsize=1024)
-def _broadcast(a, b):
+def broadcast_shape(a, b):
     """Plain-tuple broadcasting of two shapes, or None when they do not broadcast; cached
     (``torch.broadcast_shapes`` costs microseconds)."""
     n = max(len(a), len(b))

@@ -32,6 +32,7 @@ from runtime.baselines import BaselineState
 from runtime.executor import (carry_contraction, check_finite, plan_contraction_now,
                               run_plan)
 from runtime.records import args_signature, structure_key
+from runtime.terms import broadcast_shape
 from compiler.baselines import PARTICLE_PLATE
 from svigraph.params import get_param_store
 from svigraph.primitives import _Factor, plate
@@ -117,10 +118,9 @@ def _check_sample_shape(fn, value):
         raise ValueError(f"The right-most size of value must match event_shape: {shape} vs "
                          f"{event}.")
     expected = fn.batch_shape + event
-    for i, j in zip(reversed(shape), reversed(expected)):
-        if i != 1 and j != 1 and i != j:
-            raise ValueError(f"Value is not broadcastable with batch_shape+event_shape: "
-                             f"{shape} vs {expected}.")
+    if broadcast_shape(tuple(shape), tuple(expected)) is None:
+        raise ValueError(f"Value is not broadcastable with batch_shape+event_shape: "
+                         f"{shape} vs {expected}.")
 
 
 class _PlanRunner:

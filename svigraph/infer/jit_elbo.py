@@ -426,14 +426,11 @@ class _JitELBO:
         if inputs is None:
             return None
         rng = torch.get_rng_state()
-        try:
-            graph, outputs = capture_step(self._step_function(entry, model, guide, args, kwargs,
-                                                              len(tensors)),
-                                          inputs, quiet=self.ignore_jit_warnings)
-        except CaptureRefused as err:
-            torch.set_rng_state(rng)
-            self._refuse(entry, "; ".join((err.headline,) + err.facts))
+        recorded = self._record_graph(entry, self._step_function(
+            entry, model, guide, args, kwargs, len(tensors)), inputs, rng)
+        if recorded is None:
             return None
+        graph, outputs = recorded
         if not outputs[-1]:  # not finite: the eager step names the bad term
             torch.set_rng_state(rng)
             return None
@@ -460,12 +457,10 @@ class _JitELBO:
         real = list(entry.leaves) + inputs[len(entry.leaves):]
         fn = self._step_function(entry, model, guide, args, kwargs, len(tensors), forward=True)
         rng = torch.get_rng_state()
-        try:
-            graph, _ = capture_step(fn, inputs, quiet=self.ignore_jit_warnings)
-        except CaptureRefused as err:
-            torch.set_rng_state(rng)
-            self._refuse(entry, "; ".join((err.headline,) + err.facts))
+        captured = self._record_graph(entry, fn, inputs, rng)
+        if captured is None:
             return None
+        graph = captured[0]
         recorded = count_ops(graph)
         simplify(graph)
         torch.set_rng_state(rng)
@@ -493,6 +488,16 @@ class _JitELBO:
         if isinstance(entry.plan, JitPlan):
             entry.plan.jit[entry.label] = _describe(entry, len(tensors))
         return self._finish(entry, replayed, entry.leaves)
+
+    def _record_graph(self, entry, fn, inputs, rng):
+        """``capture_step(fn, inputs)``, or None when it is refused: the guard then runs
+        eagerly for good, from the random state ``rng`` it started in."""
+        try:
+            return capture_step(fn, inputs, quiet=self.ignore_jit_warnings)
+        except CaptureRefused as err:
+            torch.set_rng_state(rng)
+            self._refuse(entry, "; ".join((err.headline,) + err.facts))
+            return None
 
     def _capture_inputs(self, entry, site_scales, tensors):
         """The capture's inputs (params' leaves detached, argument tensors, baseline

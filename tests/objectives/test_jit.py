@@ -58,6 +58,13 @@ def assert_same(eager, jit, rtol=1e-6, atol=1e-6):
                 f"step {step}: grad of {name}: {gj[name]} != {ge[name]}"
 
 
+def losses(objective, model, guide, data, calls=4, seed=1):
+    """``objective.loss`` called ``calls`` times from a fresh store and seed."""
+    sg.clear_param_store()
+    sg.set_rng_seed(seed)
+    return [objective.loss(model, guide, data) for _ in range(calls)]
+
+
 def captured(elbo, mode="step"):
     return elbo.last_plan.jit.get(mode, "")
 
@@ -118,13 +125,9 @@ def test_loss_only_and_site_scales_equal_eager():
     assert_same(eager, jit)
     assert "site_scales fairness" in captured(elbo, "step[site_scales fairness]")
 
-    def losses(objective):
-        sg.clear_param_store()
-        sg.set_rng_seed(1)
-        return [objective.loss(coin_model, coin_guide, FLIPS) for _ in range(4)]
-
     elbo = JitTrace_ELBO(jit_options=FX)
-    assert losses(elbo) == pytest.approx(losses(Trace_ELBO()), rel=1e-6)
+    assert losses(elbo, coin_model, coin_guide, FLIPS) == pytest.approx(
+        losses(Trace_ELBO(), coin_model, coin_guide, FLIPS), rel=1e-6)
     assert captured(elbo, "loss").startswith("captured forward (loss only)")
 
 
@@ -561,13 +564,9 @@ def test_forward_backend_loss_only_loss_and_grads_and_site_scales(float64):
     ``site_scales`` are replay inputs."""
     data = torch.tensor([0.3, -1.2, 2.0, 0.7])
 
-    def losses(objective):
-        sg.clear_param_store()
-        sg.set_rng_seed(1)
-        return [objective.loss(normal_model, normal_guide, data) for _ in range(4)]
-
     elbo = JitTrace_ELBO(jit_options=FORWARD)
-    assert losses(elbo) == pytest.approx(losses(Trace_ELBO()), rel=1e-12)
+    assert losses(elbo, normal_model, normal_guide, data) == pytest.approx(
+        losses(Trace_ELBO(), normal_model, normal_guide, data), rel=1e-12)
     assert captured(elbo, "loss").startswith("captured the forward pass: ")
 
     def accumulated(objective):

@@ -19,7 +19,7 @@ import svigraph.infer.elbo as elbo_module
 from svigraph import distributions as dist
 from svigraph.constraints import positive
 from svigraph.effects import Messenger
-from svigraph.errors import NonFiniteLossError, SupportError
+from svigraph.errors import NonFiniteLossError, ShapeMismatchError, SupportError
 from svigraph.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from svigraph.infer.elbo import RECHECK_EVERY
 
@@ -285,6 +285,20 @@ def test_nonfinite_real_observation_on_unchecked_step_names_the_site(bad):
         svi.step(data)
     for name, value in sg.get_param_store().named_parameters():
         assert torch.equal(value.detach(), before[name]), name
+
+
+def test_misshapen_real_observation_on_unchecked_step_names_the_site():
+    """The shape half of the check still runs on unchecked steps for real-valued data."""
+    def model(x):
+        f = sg.sample("f", dist.Beta(10.0, 10.0))
+        with sg.plate("xs", 3):
+            sg.sample("obs", dist.Normal(f, 1.0), obs=x)
+
+    elbo = Trace_ELBO()
+    for _ in range(3):
+        elbo.loss(model, coin_pathwise_guide, torch.zeros(3))
+    with pytest.raises(ShapeMismatchError, match="obs"):
+        elbo.loss(model, coin_pathwise_guide, torch.zeros(4))
 
 
 def test_nan_param_on_unchecked_step_names_the_param():
