@@ -50,7 +50,7 @@ import types
 import weakref
 
 import torch
-from torch.distributions import biject_to, constraints
+from torch.distributions import constraints
 
 from compiler.plan import Plan
 from compiler.printing import format_plan
@@ -62,7 +62,7 @@ from runtime.records import structure_key, args_signature
 from svigraph.effects import Messenger
 from svigraph.infer.trace_elbo import Trace_ELBO, TraceGraph_ELBO
 from svigraph.infer.traceenum_elbo import TraceEnum_ELBO
-from svigraph.params import get_param_store
+from svigraph.params import get_param_store, param_transform
 from svigraph.recording import record
 
 _PYRO_JIT_OPTIONS = ("check_trace", "optimize")  # torch.jit.trace's; meaningless here
@@ -141,7 +141,7 @@ class _ParamInputs(Messenger):
             raise CaptureRefused(f"param {name!r} first appeared while capturing",
                                  fix="nothing to do: this structure runs eagerly", site=name)
         constraint = get_param_store().get_constraint(name)
-        msg["value"] = leaf if constraint is constraints.real else biject_to(constraint)(leaf)
+        msg["value"] = leaf if constraint is constraints.real else param_transform(constraint)(leaf)
 
 
 def _flatten_args(args, kwargs):

@@ -477,3 +477,32 @@ def test_factor_under_vectorized_particles_counts():
     w = sg.param("w").unconstrained()
     (grad,) = torch.autograd.grad(loss, [w])
     assert float(grad) == pytest.approx(2.0, abs=1e-6)
+
+
+# ---- positive params: plain exp instead of torch's exp-then-affine(0, 1) -----------------
+@pytest.mark.parametrize("constraint", [positive, sg.constraints.nonnegative,
+                                        sg.constraints.greater_than(0.0)])
+def test_positive_param_transform_equals_torch_biject_to(constraint):
+    """``param_transform`` drops torch's exact ``x * 1 + 0`` after ``exp``: same constrained
+    values, same inverse (the stored leaf) and same gradients, bit for bit."""
+    from torch.distributions import biject_to, transforms
+    from svigraph.params import param_transform
+    ours, torchs = param_transform(constraint), biject_to(constraint)
+    assert isinstance(ours, transforms.ExpTransform)
+    assert not isinstance(torchs, transforms.ExpTransform)  # what the shortcut skips
+    x = (torch.randn(200, dtype=torch.float64) * 20).requires_grad_()
+    y, y_ref = ours(x), torchs(x)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(ours.inv(y.detach()), torchs.inv(y_ref.detach()))
+    weights = torch.randn(200, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((y * weights).sum(), x)
+    (grad_ref,) = torch.autograd.grad((y_ref * weights).sum(), x)
+    assert torch.equal(grad, grad_ref)
+
+
+def test_other_constraints_keep_torch_transform():
+    from torch.distributions import biject_to
+    from svigraph.params import param_transform
+    for constraint in (sg.constraints.greater_than(1.0), sg.constraints.simplex,
+                       sg.constraints.interval(0.0, 2.0), sg.constraints.real):
+        assert type(param_transform(constraint)) is type(biject_to(constraint))
