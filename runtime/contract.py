@@ -247,16 +247,26 @@ def _align(subs, target, size):
     return perm, view
 
 
+def _lean_align(subs, target, size):
+    """``_align`` with None for a permutation that keeps the order and a view that keeps
+    the shape: those ops (and their autograd nodes) are skipped."""
+    perm, view = _align(subs, target, size)
+    kept = tuple(size[subs[p]] for p in perm)
+    return (None if perm == tuple(range(len(perm))) else perm,
+            None if view == kept else view)
+
+
 def _broadcast_kernel(inputs, out, size):
     """Exact: logsumexp over the summed dims of the broadcast sum of the operands."""
     joint = out + "".join(c for c in dict.fromkeys("".join(inputs)) if c not in out)
-    aligns = [_align(s, joint, size) for s in inputs]
+    aligns = [_lean_align(s, joint, size) for s in inputs]
     summed = tuple(range(len(out), len(joint)))
 
     def run(*tensors):
         total = None
         for tensor, (perm, view) in zip(tensors, aligns):
-            term = tensor.permute(perm).reshape(view)
+            term = tensor if perm is None else tensor.permute(perm)
+            term = term if view is None else term.reshape(view)
             total = term if total is None else total + term
         return torch.logsumexp(total, summed) if summed else total
 

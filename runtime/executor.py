@@ -6,6 +6,7 @@ the compiler; this loop reads records and does tensor arithmetic, nothing else.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -54,13 +55,18 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         sums.append(total.detach() if term.stop_gradient else total)
     if plan.kl_terms:  # TraceMeanField_ELBO: -KL(q || p) terms, indexed after plan.terms
         add_kl_terms(plan.kl_terms, records, scaled, sums, site_scales)
-    # signed (+ log p, - log q) by one multiplication rather than a negation per guide term
-    totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums else torch.zeros(0)
-    elbo = totals.sum()
+    scored = with_surrogate and plan.scores  # the surrogate reads the signed totals
+    if not scored and 0 < len(sums) <= _CHAIN_AT_MOST:
+        elbo, totals = _signed_sum(plan, sums), None
+    else:
+        # signed (+ log p, - log q) by one multiplication rather than a negation per term
+        totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums \
+            else torch.zeros(0)
+        elbo = totals.sum()
     if plan.enum_terms:
         elbo = elbo + _log_marginal(plan, records, scaled, stacked)
     surrogate = elbo.new_zeros(())
-    if with_surrogate and plan.scores:
+    if scored:
         whole = _whole_term_weights(plan, totals) @ totals.detach()
         # one stack and sum rather than a chain of additions: fewer ops and autograd nodes
         # (the surrogate's value is cancelled; its gradient is the same either way)
@@ -73,6 +79,24 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
             surrogate = surrogate - baselines.nn_loss
             baselines.nn_loss = None
     return LossParts(elbo, surrogate, scaled)
+
+
+# Up to this many terms, a chain of additions costs fewer ops and autograd nodes than a
+# stack, a multiplication by the signs and a sum.
+_CHAIN_AT_MOST = 4
+
+
+def _signed_sum(plan, sums):
+    """The sum of +total (model) and -total (guide) over the terms, as a chain of ops;
+    entries after ``plan.terms`` (KL terms) come signed already."""
+    elbo = None
+    for i, total in enumerate(sums):
+        negative = i < len(plan.terms) and plan.terms[i].program != "model"
+        if elbo is None:
+            elbo = -total if negative else total
+        else:
+            elbo = elbo - total if negative else elbo + total
+    return elbo
 
 
 _WEIGHTS = weakref.WeakKeyDictionary()  # plan -> (scores x terms) 0/1 matrix
@@ -223,7 +247,7 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
 def check_finite(plan, parts, step=None):
     """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
     both = parts.elbo + parts.surrogate if parts.surrogate.requires_grad else parts.elbo
-    if bool(torch.isfinite(both)):  # one sync on the common path
+    if math.isfinite(both.item()):  # one op and one sync on the common path
         return
     if bool(torch.isfinite(parts.elbo)):
         if bool(torch.isfinite(parts.surrogate)):
