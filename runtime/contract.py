@@ -258,9 +258,14 @@ def _lean_align(subs, target, size):
 
 def _broadcast_kernel(inputs, out, size):
     """Exact: logsumexp over the summed dims of the broadcast sum of the operands."""
-    joint = out + "".join(c for c in dict.fromkeys("".join(inputs)) if c not in out)
+    # The operands' own order (of first appearance) needs no permute of the first operand
+    # and often of none; the result, smaller, is permuted to ``out`` when it must be.
+    joint = "".join(dict.fromkeys("".join(inputs) + out))
     aligns = [_lean_align(s, joint, size) for s in inputs]
-    summed = tuple(range(len(out), len(joint)))
+    summed = tuple(i for i, c in enumerate(joint) if c not in out)
+    kept = [c for c in joint if c in out]
+    final = tuple(kept.index(c) for c in out)
+    final = None if final == tuple(range(len(final))) else final
 
     def run(*tensors):
         total = None
@@ -268,7 +273,9 @@ def _broadcast_kernel(inputs, out, size):
             term = tensor if perm is None else tensor.permute(perm)
             term = term if view is None else term.reshape(view)
             total = term if total is None else total + term
-        return torch.logsumexp(total, summed) if summed else total
+        if summed:
+            total = torch.logsumexp(total, summed)
+        return total if final is None else total.permute(final)
 
     return run
 
