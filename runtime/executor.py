@@ -70,9 +70,9 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         whole = _whole_term_weights(plan, totals) @ totals.detach()
         # one stack and sum rather than a chain of additions: fewer ops and autograd nodes
         # (the surrogate's value is cancelled; its gradient is the same either way)
-        surrogate = torch.stack([
-            _score_term(score_plan, records, unscaled, scaled, baselines, whole[i])
-            for i, score_plan in enumerate(plan.scores)]).sum()
+        terms = [_score_term(score_plan, records, unscaled, scaled, baselines, whole[i])
+                 for i, score_plan in enumerate(plan.scores)]
+        surrogate = terms[0] if len(terms) == 1 else torch.stack(terms).sum()
         if baselines is not None and baselines.nn_loss is not None:
             # The loss is -(elbo + surrogate): subtracting the baselines' squared error here
             # makes the optimizer minimize it, at zero value.

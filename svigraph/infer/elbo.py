@@ -102,11 +102,51 @@ def check_observed_support(model_sites):
                 # loss nan, which replays the step with checks on (naming the site): only
                 # the shape needs checking here, which costs no tensor operation
                 _check_sample_shape(fn, site["value"])
-            else:
+            elif not _support_checked_before(fn, site["value"]):
                 fn._validate_sample(site["value"])
+                _remember_support_check(fn, site["value"])
 
 
 _REAL = torch.distributions.constraints.real
+
+# Observed values whose support check passed: id -> (weakref, _version, data_ptr, support
+# key). Data is usually the same tensor every step; a hit skips the elementwise check (four
+# tensor ops and a sync) and keeps the shape check. An in-place change bumps _version and
+# ``x.data = y`` moves data_ptr, so changed data is checked again.
+_CHECKED_DATA = {}
+_CHECKED_DATA_MAX = 256
+
+
+def _support_key(fn):
+    """A hashable stand-in for ``fn.support``, or None when the support depends on tensors
+    (bounds that may change): such values are checked every step."""
+    support = fn.support
+    if type(support) is _INTEGER_INTERVAL:
+        bounds = (support.lower_bound, support.upper_bound)
+        return (_INTEGER_INTERVAL, *bounds) if all(type(b) is int for b in bounds) else None
+    return support if support in _PARAMETER_FREE else None
+
+
+def _support_checked_before(fn, value):
+    entry = _CHECKED_DATA.get(id(value))
+    return (entry is not None and entry[0]() is value and entry[1] == value._version
+            and entry[2] == value.data_ptr() and entry[3] == _support_key(fn)
+            and _check_sample_shape(fn, value) is None)
+
+
+def _remember_support_check(fn, value):
+    key = _support_key(fn)
+    if key is None or not isinstance(value, torch.Tensor):
+        return
+    if len(_CHECKED_DATA) >= _CHECKED_DATA_MAX:
+        _CHECKED_DATA.clear()
+    _CHECKED_DATA[id(value)] = (weakref.ref(value), value._version, value.data_ptr(), key)
+
+
+_INTEGER_INTERVAL = type(torch.distributions.constraints.integer_interval(0, 1))
+_PARAMETER_FREE = frozenset(
+    c for c in vars(torch.distributions.constraints).values()
+    if isinstance(c, torch.distributions.constraints.Constraint))
 
 
 def _check_sample_shape(fn, value):

@@ -265,6 +265,60 @@ def test_observed_value_outside_support_on_unchecked_step():
         elbo.loss(coin_model, coin_pathwise_guide, bad)
 
 
+@pytest.mark.parametrize("change", ["in-place", "data-swap", "categorical-size"])
+def test_checked_data_changed_later_is_checked_again(change):
+    """An observed tensor whose support check passed is not re-checked elementwise while it
+    is unchanged; changed in place, given new storage (``x.data = y``) or scored by a
+    support of another size, it is checked again and the error names the site."""
+    def cat_model(x):
+        k = sg.param("k", torch.tensor(3))  # not a leaf of the loss: just the size
+        with sg.plate("xs", len(x)):
+            sg.sample("obs", dist.Categorical(torch.ones(int(k)) / int(k)), obs=x)
+
+    def empty_guide(x):
+        pass
+
+    elbo = Trace_ELBO()
+    if change == "categorical-size":
+        data = torch.tensor([0, 2, 1, 2])
+        for _ in range(3):
+            elbo.loss(cat_model, empty_guide, data)
+        sg.get_param_store().get("k").unconstrained().data.fill_(2)  # support now {0, 1}
+        with pytest.raises(SupportError, match="obs"):
+            elbo.loss(cat_model, empty_guide, data)
+        return
+    data = FLIPS.clone()
+    for _ in range(3):
+        elbo.loss(coin_model, coin_pathwise_guide, data)
+    if change == "in-place":
+        data[2] = 2.0
+    else:
+        bad = FLIPS.clone()
+        bad[2] = 2.0
+        data.data = bad
+    with pytest.raises(SupportError, match="obs"):
+        elbo.loss(coin_model, coin_pathwise_guide, data)
+
+
+def test_support_check_of_unchanged_data_is_skipped(monkeypatch):
+    """The same, unchanged data tensor is support-checked once, not every step."""
+    calls = []
+    real = torch.distributions.Bernoulli._validate_sample
+
+    def counting(self, value):
+        calls.append(value)
+        return real(self, value)
+
+    monkeypatch.setattr(torch.distributions.Bernoulli, "_validate_sample", counting)
+    elbo = Trace_ELBO()
+    data = FLIPS.clone()
+    for _ in range(6):
+        elbo.loss(coin_model, coin_pathwise_guide, data)
+    # the checked first step validates in log_prob; the first unchecked step checks the
+    # data once; the other four only check its shape
+    assert sum(1 for v in calls if v is data) == 2
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 def test_nonfinite_real_observation_on_unchecked_step_names_the_site(bad):
     """A real-valued observation is only shape-checked on an unchecked step: a nan (outside
