@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import copy
 
@@ -18,13 +17,17 @@ _MIXIN_STATE = (_RSAMPLE_FLAG,)
 _IN_SAMPLE = contextvars.ContextVar("svigraph_in_sample", default=False)
 
 
-@contextlib.contextmanager
-def _sampling():
-    token = _IN_SAMPLE.set(True)
-    try:
-        yield
-    finally:
-        _IN_SAMPLE.reset(token)
+class _sampling:
+    """Context manager: ``_IN_SAMPLE`` true inside (a class, not a generator: it runs for
+    every guide sample)."""
+
+    __slots__ = ("token",)
+
+    def __enter__(self):
+        self.token = _IN_SAMPLE.set(True)
+
+    def __exit__(self, *exc):
+        _IN_SAMPLE.reset(self.token)
 
 
 def copy_mixin_state(src, dst):
@@ -93,6 +96,8 @@ class TorchDistributionMixin:
 
     def sample(self, sample_shape=torch.Size()):
         """Sample without a gradient path, whatever ``has_rsample`` says."""
+        if _IN_SAMPLE.get():  # inside a wrapper's sample already
+            return super().sample(sample_shape)
         with _sampling():
             return super().sample(sample_shape)
 

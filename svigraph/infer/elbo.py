@@ -120,11 +120,18 @@ _CHECKED_DATA_MAX = 256
 def _support_key(fn):
     """A hashable stand-in for ``fn.support``, or None when the support depends on tensors
     (bounds that may change): such values are checked every step."""
-    support = fn.support
-    if type(support) is _INTEGER_INTERVAL:
-        bounds = (support.lower_bound, support.upper_bound)
-        return (_INTEGER_INTERVAL, *bounds) if all(type(b) is int for b in bounds) else None
-    return support if support in _PARAMETER_FREE else None
+    return _constraint_key(fn.support)
+
+
+def _constraint_key(constraint):
+    kind = type(constraint)
+    if kind is _INTEGER_INTERVAL:
+        bounds = (constraint.lower_bound, constraint.upper_bound)
+        return (kind, *bounds) if all(type(b) is int for b in bounds) else None
+    if kind is _INDEPENDENT:
+        base = _constraint_key(constraint.base_constraint)
+        return None if base is None else (kind, base, constraint.reinterpreted_batch_ndims)
+    return constraint if constraint in _PARAMETER_FREE else None
 
 
 def _support_checked_before(fn, value):
@@ -144,6 +151,7 @@ def _remember_support_check(fn, value):
 
 
 _INTEGER_INTERVAL = type(torch.distributions.constraints.integer_interval(0, 1))
+_INDEPENDENT = type(torch.distributions.constraints.independent(_REAL, 1))
 _PARAMETER_FREE = frozenset(
     c for c in vars(torch.distributions.constraints).values()
     if isinstance(c, torch.distributions.constraints.Constraint))
