@@ -253,9 +253,14 @@ class ELBO:
 
     # ---- plans -------------------------------------------------------------------------
     def _cache(self, model, guide):
+        last = self.__dict__.get("_last_cache")  # the pair of the previous step, usually
+        if last is not None and last[0]() is model and last[1]() is guide:
+            return last[2]
         try:
-            per_guide = self._caches.setdefault(guide, weakref.WeakKeyDictionary())
-            return per_guide.setdefault(model, PlanCache())
+            cache = self._caches.setdefault(guide, weakref.WeakKeyDictionary()) \
+                .setdefault(model, PlanCache())
+            self._last_cache = (weakref.ref(model), weakref.ref(guide), cache)
+            return cache
         except TypeError:  # not weak-referenceable: keep a strong reference
             strong = self.__dict__.setdefault("_strong_caches", {})
             return strong.setdefault((id(model), id(guide)), PlanCache())

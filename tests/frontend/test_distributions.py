@@ -401,3 +401,42 @@ def test_kl_dispatches_on_subclasses():
     p, q = dist.Normal(0.0, 1.0), dist.Normal(1.0, 2.0)
     expected = tdist.kl_divergence(tdist.Normal(0.0, 1.0), tdist.Normal(1.0, 2.0))
     torch.testing.assert_close(dist.kl_divergence(p, q), expected)
+
+
+# ---- Normal's fast construction: the same distribution as torch's ------------------------
+@pytest.mark.parametrize("loc, scale", [
+    (lambda: torch.randn(4, 1, requires_grad=True), lambda: 1.5),
+    (lambda: 2.0, lambda: torch.rand(3, requires_grad=True) + 0.5),
+    (lambda: torch.randn(()), lambda: 2),
+    (lambda: torch.randn(2, 3, requires_grad=True), lambda: torch.rand(2, 3) + 0.1),
+    (lambda: torch.randn(2, 3, dtype=torch.float64), lambda: 0.5),
+    (lambda: torch.randn(2, 1), lambda: torch.rand(3) + 0.1),       # broadcasts: torch's path
+    (lambda: 0.0, lambda: 1.0),                                       # numbers: torch's path
+], ids=["tensor-float", "float-tensor", "scalar-int", "same-shape", "float64", "broadcast",
+        "numbers"])
+def test_normal_construction_equals_torch(loc, scale):
+    """svigraph's Normal skips broadcast_all for a plain tensor with a number or two plain
+    tensors of one shape: parameters, batch shape, log densities and gradients equal
+    torch's."""
+    torch.manual_seed(0)
+    a, b = loc(), scale()
+    ours, ref = dist.Normal(a, b), torch.distributions.Normal(a, b)
+    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
+    for name in ("loc", "scale"):
+        mine, theirs = getattr(ours, name), getattr(ref, name)
+        assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
+        assert torch.equal(mine, theirs)
+    value = ref.sample((2,))
+    assert torch.equal(ours.log_prob(value), ref.log_prob(value))
+    leaves = [t for t in (a, b) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if leaves:
+        g = torch.autograd.grad(ours.log_prob(value).sum(), leaves)
+        g_ref = torch.autograd.grad(ref.log_prob(value).sum(), leaves)
+        assert all(torch.equal(x, y) for x, y in zip(g, g_ref))
+
+
+def test_normal_fast_construction_still_validates():
+    with pytest.raises(ValueError, match="scale"):
+        dist.Normal(torch.zeros(2), -1.0, validate_args=True)
+    with pytest.raises(ValueError, match="scale"):
+        dist.Normal(torch.zeros(2), torch.tensor([1.0, -1.0]), validate_args=True)
