@@ -206,7 +206,9 @@ class enum(Messenger):
         self._next -= 1
         return dim
 
-    def _markov_step(self, chain, history):
+    def markov_step(self, chain, history):
+        """Called by ``markov`` at each iteration: values more than ``history`` steps old
+        are no longer read, so their enumeration dims become free."""
         steps = self._steps.setdefault(chain, [])
         steps.append([])
         while len(steps) > history + 1:  # values older than `history` steps: dims reusable
@@ -239,9 +241,6 @@ class enum(Messenger):
                                                             "first_enum_dim": limit})
 
     def process_message(self, msg):
-        if msg["type"] == "markov_step":
-            self._markov_step(*msg["args"])
-            return
         if msg["type"] == "sample" and msg["cond_indep_stack"]:
             self._check_plates(msg)
         if (msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None

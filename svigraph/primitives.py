@@ -294,14 +294,14 @@ class markov(Messenger):
         if self._iterable is None:
             raise TypeError("markov(...) is iterable only when given a range, e.g. markov(range(T))")
         for item in self._iterable:
-            if effects._STACK:
-                apply_stack(new_message("markov_step", None, _no_op, args=(self, self.history)))
+            # Only enumeration handlers act on a step; telling them directly spares a
+            # message through the whole stack at every iteration of a long chain.
+            for handler in effects._STACK:
+                step = getattr(handler, "markov_step", None)
+                if step is not None:
+                    step(self, self.history)
             with self:
                 yield item
-
-
-def _no_op(*args):
-    return None
 
 
 def set_rng_seed(seed):
