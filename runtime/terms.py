@@ -15,6 +15,17 @@ from runtime.support import enumerated_support
 
 # a plate-expanded distribution's attribute: the distribution it was expanded from
 UNEXPANDED = "_svigraph_unexpanded"
+# ... and, when its parameters were left unexpanded (its batch shape is the full one), True:
+# only its shapes and its log density through ``site_log_prob`` may be read from it
+LAZY_EXPANDED = "_svigraph_lazy_expanded"
+
+
+def expanded_for_real(fn):
+    """A lazily plate-expanded distribution with its parameters expanded (to sample it)."""
+    base = fn.__dict__[UNEXPANDED]
+    full = base.expand(fn.batch_shape)
+    full.__dict__[UNEXPANDED] = base
+    return full
 
 
 def site_log_prob(site, program=None):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 
+from runtime.terms import LAZY_EXPANDED, expanded_for_real
+
 _STACK = []
 
 
@@ -39,6 +41,8 @@ def default_process(msg):
         return
     if msg["type"] == "sample":
         fn = msg["fn"]
+        if LAZY_EXPANDED in fn.__dict__:  # a plate left its parameters unexpanded
+            fn = msg["fn"] = expanded_for_real(fn)
         msg["value"] = fn.rsample() if fn.has_rsample else fn.sample()
     else:
         msg["value"] = msg["fn"](*msg["args"])

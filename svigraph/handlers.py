@@ -16,7 +16,7 @@ import torch
 
 from compiler.errors import EnumerationError
 from runtime.support import enumerated_support  # noqa: F401  (re-exported)
-from svigraph import effects
+from svigraph import effects, primitives
 from svigraph.effects import Messenger
 from svigraph.primitives import plate, markov, set_rng_seed  # noqa: F401  (re-exported)
 from svigraph.trace_struct import Trace
@@ -339,3 +339,7 @@ class config_enumerate(Messenger):
         if (msg["type"] == "sample" and not msg["is_observed"] and self.default is not None
                 and "enumerate" not in msg["infer"] and msg["fn"].has_enumerate_support):
             msg["infer"] = {**msg["infer"], "enumerate": self.default}
+
+
+# enumeration sets values and reads shapes only: recording under it may expand lazily
+primitives.RECORDING_HANDLERS.update((enum, sequential_choice))

@@ -8,7 +8,7 @@ from collections import namedtuple
 import torch
 
 from compiler.errors import PlateError
-from runtime.terms import UNEXPANDED
+from runtime.terms import LAZY_EXPANDED, UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
 from svigraph.ops.provenance import get_provenance, lend_parameter, lent_original
@@ -242,7 +242,12 @@ class plate(Messenger):
                 site=msg["name"], plate=self.name,
                 shapes={"batch": tuple(fn.batch_shape), "plate": self.subsample_size})
         batch[self.dim] = self.subsample_size
-        expanded = fn.expand(torch.Size(batch))
+        batch = torch.Size(batch)
+        if (msg["is_observed"] or msg["infer"].get("enumerate") == "parallel") \
+                and _recording_only():
+            expanded = _lazily_expanded(fn, batch)
+        else:
+            expanded = fn.expand(batch)
         # The log density of an expanded distribution is the unexpanded one's, broadcast:
         # runtime.terms computes it on the small one (a plate of N over a global
         # Categorical would otherwise normalize N copies of its logits every step).
@@ -265,6 +270,38 @@ class plate(Messenger):
                 if self in effects._STACK:
                     del effects._STACK[effects._STACK.index(self):]
         self._counter = None
+
+
+def _lazily_expanded(fn, batch):
+    """``fn`` with batch shape ``batch`` and its parameters left as they are.
+
+    Only for a site whose value is given (observed) or enumerated, while svigraph's own
+    per-step recording is the whole handler stack (``_recording_only``): the runtime reads
+    such a site's shapes and its log density through ``runtime.terms``, which computes it
+    on the unexpanded distribution and broadcasts it. Should the site be sampled after all
+    (enumeration flags under an objective that does not enumerate), ``default_process``
+    expands it for real first. Saves the parameter expands of every such site every step."""
+    new = object.__new__(fn.__class__)
+    new.__dict__.update(fn.__dict__)
+    new.__dict__["_batch_shape"] = batch
+    new.__dict__[LAZY_EXPANDED] = True
+    return new
+
+
+# Handlers that may sit above the Recorder while a step records with lazy plate expansion;
+# handlers.py adds enumeration's. Any other handler (a user's trace, condition, scale...)
+# may read a distribution's parameters, so plates then expand them.
+RECORDING_HANDLERS = set()
+
+
+def _recording_only():
+    stack = effects._STACK
+    if stack[0].__class__ is not Recorder:
+        return False
+    for handler in stack:
+        if handler.__class__ not in RECORDING_HANDLERS:
+            return False
+    return True
 
 
 def _random_subsample(size, subsample_size):
@@ -308,3 +345,6 @@ def set_rng_seed(seed):
     """Seed torch and Python's ``random`` for reproducible runs."""
     torch.manual_seed(seed)
     random.seed(seed)
+
+
+RECORDING_HANDLERS.update((Recorder, plate, markov))

@@ -18,6 +18,7 @@ from svigraph.effects import new_message
 from svigraph.handlers import block
 from svigraph.infer.abstract_infer import PosteriorError, TracePosterior, return_site
 from svigraph.infer.trace_elbo import Trace_ELBO
+from runtime.terms import LAZY_EXPANDED, expanded_for_real
 from svigraph.recording import Recorder
 from svigraph.trace_struct import Trace
 
@@ -68,6 +69,9 @@ def _as_trace(recorder, returned):
     tr = Trace()
     tr.update(recorder.subsamples)
     tr.update(recorder.sites)
+    for site in recorder.sites.values():  # a user may read a site's parameters
+        if LAZY_EXPANDED in site["fn"].__dict__:
+            site["fn"] = expanded_for_real(site["fn"])
     for name, value in recorder.params.items():
         tr[name] = _param_site(name, value)
     tr["_RETURN"] = return_site(returned)
