@@ -22,6 +22,7 @@ from svigraph.effects import Messenger
 from svigraph.errors import NonFiniteLossError, ShapeMismatchError, SupportError
 from svigraph.infer import SVI, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO
 from svigraph.infer.elbo import RECHECK_EVERY
+from tests.models import hmm_model, no_guide
 
 FLIPS = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 1.0])
 CHECKS = []  # torch's default validation flag, as each model run saw it
@@ -563,25 +564,10 @@ def test_other_constraints_keep_torch_transform():
 
 
 # ---- lazy plate expansion of observed and enumerated sites --------------------------------
-def hmm_model(x):
-    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]),
-                     constraint=sg.constraints.simplex)
-    locs = sg.param("hlocs", torch.tensor([-1.0, 1.0]))
-    with sg.plate("seqs", x.shape[1], dim=-1):
-        z = 0
-        for t in sg.markov(range(x.shape[0])):
-            z = sg.sample(f"z_{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
-            sg.sample(f"x_{t}", dist.Normal(locs[z], 1.0), obs=x[t])
-
-
-def empty_guide(*args):
-    pass
-
-
 LAZY_CASES = {
     "mixture-enum": (enum_model, locs_guide, lambda: TraceEnum_ELBO(max_plate_nesting=1),
                      lambda: (torch.tensor([-2.0, 0.1, 2.5, 1.0]),)),
-    "hmm-markov": (hmm_model, empty_guide, lambda: TraceEnum_ELBO(max_plate_nesting=1),
+    "hmm-markov": (hmm_model, no_guide, lambda: TraceEnum_ELBO(max_plate_nesting=1),
                    lambda: (torch.randn(6, 3),)),
     "coin-pathwise": (coin_model, coin_pathwise_guide, Trace_ELBO, lambda: (FLIPS,)),
 }
@@ -632,14 +618,14 @@ def test_lazy_expansion_only_under_recording_handlers():
 def test_lazily_expanded_site_is_expanded_before_it_is_sampled():
     """An enumeration flag under an objective that does not enumerate: the site is sampled,
     from the fully expanded distribution (right shape, right parameters)."""
-    def model():
+    def model(data):
         with sg.plate("data", 5):
             z = sg.sample("z", dist.Categorical(torch.tensor([0.2, 0.3, 0.5])),
                           infer={"enumerate": "parallel"})
         return z
 
     from svigraph.recording import record
-    _, rec = record(model, empty_guide, (), {})
+    _, rec = record(model, no_guide, (None,), {})
     site = rec.sites["z"]
     assert site["value"].shape == (5,)
     assert site["fn"].probs.shape == (5, 3)
