@@ -55,9 +55,12 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         sums.append(total.detach() if term.stop_gradient else total)
     if plan.kl_terms:  # TraceMeanField_ELBO: -KL(q || p) terms, indexed after plan.terms
         add_kl_terms(plan.kl_terms, records, scaled, sums, site_scales)
-    scored = with_surrogate and plan.scores  # the surrogate reads the signed totals
-    if not scored and 0 < len(sums) <= _CHAIN_AT_MOST:
+    scored = with_surrogate and plan.scores  # the surrogate reads the signed totals...
+    # ... unless every score's cost takes every term whole: the ELBO's own value, then
+    everything = scored and all(len(s.whole_terms) == len(sums) for s in plan.scores)
+    if (not scored or everything) and 0 < len(sums) <= _CHAIN_AT_MOST:
         elbo, totals = _signed_sum(plan, sums), None
+        whole = [elbo.detach()] * len(plan.scores) if scored else None
     else:
         # signed (+ log p, - log q) by one multiplication rather than a negation per term
         totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums \
@@ -67,7 +70,8 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         elbo = elbo + _log_marginal(plan, records, scaled, stacked)
     surrogate = elbo.new_zeros(())
     if scored:
-        whole = _whole_term_weights(plan, totals) @ totals.detach()
+        if totals is not None:
+            whole = _whole_term_weights(plan, totals) @ totals.detach()
         # one stack and sum rather than a chain of additions: fewer ops and autograd nodes
         # (the surrogate's value is cancelled; its gradient is the same either way)
         terms = [_score_term(score_plan, records, unscaled, scaled, baselines, whole[i])
