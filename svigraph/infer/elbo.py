@@ -8,8 +8,9 @@ estimated with a plan compiled for a different structure.
 
 Validation: a plan's first step runs with torch's distribution argument and support checks
 on. Later steps on a validated plan run with them off (they cost more than the arithmetic on
-small models), except that observed values are still checked against their support every
-step, and every ``RECHECK_EVERY``-th step runs fully checked. Whenever an unchecked step
+small models), except that observed values are still checked against their support (once
+per unchanged data tensor, their shape every step), and every ``RECHECK_EVERY``-th step
+runs fully checked. Whenever an unchecked step
 fails (an exception, a non-finite loss) or lands on a plan not validated yet, it is replayed
 from the same random state with the checks on, so errors are exactly those of a validated
 step.
