@@ -1,9 +1,9 @@
 """The parameter store: named, constrained, trainable tensors.
 
 The store keeps, per name, the *unconstrained* leaf tensor that optimizers update and the
-constraint. ``param(name)`` returns the constrained value ``biject_to(constraint)(leaf)``
-(``param_transform``);
-that tensor's ``.unconstrained()`` gives the leaf back.
+constraint. ``param(name)`` returns the constrained value ``param_transform(constraint)(leaf)``
+(torch's ``biject_to``, with plain ``exp`` for positive params); that tensor's
+``.unconstrained()`` gives the leaf back.
 """
 
 from __future__ import annotations
