@@ -180,15 +180,11 @@ def checked(step, name, out=sys.stdout):
 
 def checks_off(step):
     """``step`` run with torch's distribution argument checks off (restored after)."""
-    Distribution = torch.distributions.Distribution
+    from svigraph.recording import torch_checks
 
     def unchecked():
-        saved = Distribution._validate_args
-        Distribution._validate_args = False
-        try:
+        with torch_checks(False):
             return step()
-        finally:
-            Distribution._validate_args = saved
 
     return unchecked
 

@@ -103,7 +103,9 @@ def check_observed_support(model_sites):
                 # loss nan, which replays the step with checks on (naming the site): only
                 # the shape needs checking here, which costs no tensor operation
                 _check_sample_shape(fn, site["value"])
-            elif not _support_checked_before(fn, site["value"]):
+            elif _support_checked_before(fn, site["value"]):
+                _check_sample_shape(fn, site["value"])  # its values passed already
+            else:
                 fn._validate_sample(site["value"])
                 _remember_support_check(fn, site["value"])
 
@@ -136,10 +138,10 @@ def _constraint_key(constraint):
 
 
 def _support_checked_before(fn, value):
+    """Whether ``value``, unchanged, passed the check of this support before."""
     entry = _CHECKED_DATA.get(id(value))
     return (entry is not None and entry[0]() is value and entry[1] == value._version
-            and entry[2] == value.data_ptr() and entry[3] == _support_key(fn)
-            and _check_sample_shape(fn, value) is None)
+            and entry[2] == value.data_ptr() and entry[3] == _support_key(fn))
 
 
 def _remember_support_check(fn, value):

@@ -276,17 +276,14 @@ def test_checked_data_changed_later_is_checked_again(change):
         with sg.plate("xs", len(x)):
             sg.sample("obs", dist.Categorical(torch.ones(int(k)) / int(k)), obs=x)
 
-    def empty_guide(x):
-        pass
-
     elbo = Trace_ELBO()
     if change == "categorical-size":
         data = torch.tensor([0, 2, 1, 2])
         for _ in range(3):
-            elbo.loss(cat_model, empty_guide, data)
+            elbo.loss(cat_model, no_guide, data)
         sg.get_param_store().get("k").unconstrained().data.fill_(2)  # support now {0, 1}
         with pytest.raises(SupportError, match="obs"):
-            elbo.loss(cat_model, empty_guide, data)
+            elbo.loss(cat_model, no_guide, data)
         return
     data = FLIPS.clone()
     for _ in range(3):
@@ -663,3 +660,19 @@ def test_chained_elbo_sum_equals_stacked_sum(case, monkeypatch):
     assert grads.keys() == ref_grads.keys() and grads
     for name in grads:
         assert torch.allclose(grads[name], ref_grads[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_plan_cache_follows_the_model_and_guide_pair():
+    """The ELBO keeps the last (model, guide) pair's plan cache at hand: switching pairs,
+    and back, still finds each pair's own cache and plan."""
+    elbo = Trace_ELBO()
+    elbo.loss(coin_model, coin_pathwise_guide, FLIPS)
+    coin_cache = elbo._cache(coin_model, coin_pathwise_guide)
+    coin_plan = elbo.last_plan
+    args = (torch.tensor([-2.0, 0.1, 2.5, 1.0]),)
+    elbo.loss(mixture_model, mixture_guide, *args)
+    mixture_cache = elbo._cache(mixture_model, mixture_guide)
+    assert mixture_cache is not coin_cache and elbo.last_plan is not coin_plan
+    elbo.loss(coin_model, coin_pathwise_guide, FLIPS)
+    assert elbo._cache(coin_model, coin_pathwise_guide) is coin_cache
+    assert elbo.last_plan is coin_plan and len(coin_cache) == 1
