@@ -22,14 +22,40 @@ from runtime.stacked_terms import stacked_log_probs
 from runtime.terms import masked_log_prob, term_log_probs
 
 
-@dataclass
 class LossParts:
     """One particle's pieces: ``elbo`` (value), ``surrogate`` (zero-valued gradient carrier),
-    and the scaled log-prob tensor of every term (for error reports)."""
+    and the scaled log-prob tensor of every term (for error reports).
 
-    elbo: torch.Tensor
-    surrogate: torch.Tensor
-    terms: dict
+    ``run_plan`` may build the negated ELBO directly (``neg_elbo``): the loss needs it, and a
+    chain of ``guide - model`` ops spares the negations of ``-(elbo + ...)``. The ELBO
+    itself is then derived only when read."""
+
+    __slots__ = ("_elbo", "_neg_elbo", "surrogate", "terms", "_loss")
+
+    def __init__(self, elbo, surrogate, terms, neg_elbo=None):
+        self._elbo, self._neg_elbo = elbo, neg_elbo
+        self.surrogate, self.terms, self._loss = surrogate, terms, None
+
+    @property
+    def elbo(self):
+        if self._elbo is None:
+            self._elbo = -self._neg_elbo
+        return self._elbo
+
+    def loss(self, with_surrogate=None):
+        """The particle's loss: value −ELBO, gradient −∇(ELBO + surrogate) (the surrogate
+        rides along at zero value; a non-finite one makes the loss nan). The surrogate is
+        left out when it needs no gradient, unless ``with_surrogate`` (a graph capture,
+        whose inputs need none, keeps it)."""
+        if self._loss is not None and with_surrogate is None:
+            return self._loss  # the check of the step's loss built it already
+        neg = self._neg_elbo if self._neg_elbo is not None else -self._elbo
+        s = self.surrogate
+        keep = s.requires_grad if with_surrogate is None else with_surrogate
+        loss = neg - (s - s.detach()) if keep else neg
+        if with_surrogate is None:
+            self._loss = loss
+        return loss
 
 
 def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=None):
@@ -58,19 +84,25 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     scored = with_surrogate and plan.scores  # the surrogate reads the signed totals...
     # ... unless every score's cost takes every term whole: the ELBO's own value, then
     everything = scored and all(len(s.whole_terms) == len(sums) for s in plan.scores)
+    elbo = neg_elbo = None
     if (not scored or everything) and 0 < len(sums) <= _CHAIN_AT_MOST:
-        elbo, totals = _signed_sum(plan, sums), None
-        whole = [elbo.detach()] * len(plan.scores) if scored else None
+        neg_elbo, totals = _negated_sum(plan, sums), None
     else:
         # signed (+ log p, - log q) by one multiplication rather than a negation per term
         totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums \
             else torch.zeros(0)
         elbo = totals.sum()
     if plan.enum_terms:
-        elbo = elbo + _log_marginal(plan, records, scaled, stacked)
-    surrogate = elbo.new_zeros(())
+        marginal = _log_marginal(plan, records, scaled, stacked)
+        if neg_elbo is not None:
+            neg_elbo = neg_elbo - marginal
+        else:
+            elbo = elbo + marginal
+    surrogate = (elbo if neg_elbo is None else neg_elbo).new_zeros(())
     if scored:
-        if totals is not None:
+        if totals is None:
+            whole = [-neg_elbo.detach()] * len(plan.scores)
+        else:
             whole = _whole_term_weights(plan, totals) @ totals.detach()
         # one stack and sum rather than a chain of additions: fewer ops and autograd nodes
         # (the surrogate's value is cancelled; its gradient is the same either way)
@@ -82,7 +114,7 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
             # makes the optimizer minimize it, at zero value.
             surrogate = surrogate - baselines.nn_loss
             baselines.nn_loss = None
-    return LossParts(elbo, surrogate, scaled)
+    return LossParts(elbo, surrogate, scaled, neg_elbo)
 
 
 # Up to this many terms, a chain of additions costs fewer ops and autograd nodes than a
@@ -90,17 +122,18 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
 _CHAIN_AT_MOST = 4
 
 
-def _signed_sum(plan, sums):
-    """The sum of +total (model) and -total (guide) over the terms, as a chain of ops;
-    entries after ``plan.terms`` (KL terms) come signed already."""
-    elbo = None
+def _negated_sum(plan, sums):
+    """The negated ELBO: the sum of -total (model) and +total (guide) over the terms, as a
+    chain of ops (a leading guide term needs no negation); entries after ``plan.terms``
+    (KL terms) come signed as ELBO terms."""
+    neg = None
     for i, total in enumerate(sums):
-        negative = i < len(plan.terms) and plan.terms[i].program != "model"
-        if elbo is None:
-            elbo = -total if negative else total
+        positive = i < len(plan.terms) and plan.terms[i].program != "model"
+        if neg is None:
+            neg = total if positive else -total
         else:
-            elbo = elbo - total if negative else elbo + total
-    return elbo
+            neg = neg + total if positive else neg - total
+    return neg
 
 
 _WEIGHTS = weakref.WeakKeyDictionary()  # plan -> (scores x terms) 0/1 matrix
@@ -250,8 +283,7 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
 
 def check_finite(plan, parts, step=None):
     """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
-    both = parts.elbo + parts.surrogate if parts.surrogate.requires_grad else parts.elbo
-    if math.isfinite(both.item()):  # one op and one sync on the common path
+    if math.isfinite(parts.loss().item()):  # the loss the step uses: one sync
         return
     if bool(torch.isfinite(parts.elbo)):
         if bool(torch.isfinite(parts.surrogate)):

@@ -115,6 +115,24 @@ def factor(name, log_factor):
     sample(name, fn, obs=fn.sample())
 
 
+_FULL_INDICES = {}  # size -> arange(size), shared by full plates while nobody changes it
+
+
+def _full_indices(size):
+    """``torch.arange(size)``, the indices of a plate that is not subsampled: built once per
+    size and handed out again while unchanged (a caller that writes into it gets a new one
+    next time; inference mode gets its own, which autograd could not save)."""
+    if torch.is_inference_mode_enabled():
+        return torch.arange(size)
+    cached = _FULL_INDICES.get(size)
+    if cached is None or cached[0]._version != cached[1]:
+        if len(_FULL_INDICES) >= 256:
+            _FULL_INDICES.clear()
+        indices = torch.arange(size)
+        cached = _FULL_INDICES[size] = (indices, indices._version)
+    return cached[0]
+
+
 # A plate frame on a message's cond_indep_stack: dim is None for a sequential plate, whose
 # iterations are told apart by ``counter``.
 Frame = namedtuple("Frame", ["name", "size", "subsample_size", "dim", "counter"])
@@ -187,7 +205,7 @@ class plate(Messenger):
             return None
         if self._subsample is None and self.subsample_size >= self.size:
             self._scale = 1.0
-            indices = torch.arange(self.size)
+            indices = _full_indices(self.size)
         else:
             msg = new_message("subsample", self.name, _random_subsample,
                               self._subsample, args=(self.size, self.subsample_size))
@@ -220,7 +238,7 @@ class plate(Messenger):
             shape = vshape[:len(vshape) - event] if event else vshape
         size = shape[self.dim] if len(shape) >= -self.dim else 1
         self.size = self.subsample_size = size
-        self._indices = torch.arange(size)
+        self._indices = _full_indices(size)
 
     def _broadcast(self, msg):
         fn = msg["fn"]

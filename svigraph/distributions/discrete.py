@@ -5,7 +5,11 @@ Enumeration (``has_enumerate_support``, ``enumerate_support``) is torch's, uncha
 
 from __future__ import annotations
 
+import weakref
+
+import torch
 import torch.distributions as _torch_dists
+from torch.distributions.utils import probs_to_logits
 
 from svigraph.distributions.mixin import TorchDistributionMixin
 
@@ -26,7 +30,50 @@ class Bernoulli(TorchDistributionMixin, _torch_dists.Bernoulli):
 
 
 class Categorical(TorchDistributionMixin, _torch_dists.Categorical):
-    """Torch's ``Categorical`` with :class:`TorchDistributionMixin` first."""
+    """Torch's ``Categorical`` with :class:`TorchDistributionMixin` first.
+
+    Built from a constant table of ``probs`` (a tensor that needs no gradient, e.g. mixture
+    weights a model passes every step), the normalized probs and their logits are computed
+    once and reused while that tensor is unchanged; the distribution is the same."""
+
+    def __init__(self, probs=None, logits=None, validate_args=None):
+        normalized = _constant_table(probs) if logits is None else None
+        if normalized is None:
+            super().__init__(probs, logits, validate_args=validate_args)
+            return
+        self.probs, self.__dict__["logits"] = normalized
+        self._param = self.probs
+        self._num_events = self.probs.size()[-1]
+        batch_shape = self.probs.size()[:-1] if self.probs.ndimension() > 1 else torch.Size()
+        _torch_dists.Distribution.__init__(self, batch_shape, validate_args=validate_args)
+
+
+# id(probs) -> (weakref to probs, its _version, its data_ptr, normalized probs, logits, and
+# their _versions): a table is normalized again when it, or a result, was changed in place
+_TABLES = {}
+_TABLES_MAX = 64
+
+
+def _constant_table(probs):
+    """(normalized probs, logits) of a constant probs tensor, computed once per unchanged
+    tensor; None for anything else (tensors needing gradients, inference-mode tensors,
+    scalars), which takes torch's path."""
+    if (type(probs) is not torch.Tensor or probs.requires_grad or probs.dim() == 0
+            or probs.is_inference() or torch.is_inference_mode_enabled()):
+        return None
+    entry = _TABLES.get(id(probs))
+    if (entry is not None and entry[0]() is probs and entry[1] == probs._version
+            and entry[2] == probs.data_ptr() and entry[3]._version == entry[5]
+            and entry[4]._version == entry[6]):
+        return entry[3], entry[4]
+    with torch.no_grad():
+        normalized = probs / probs.sum(-1, keepdim=True)
+        logits = probs_to_logits(normalized)
+    if len(_TABLES) >= _TABLES_MAX:
+        _TABLES.clear()
+    _TABLES[id(probs)] = (weakref.ref(probs), probs._version, probs.data_ptr(), normalized,
+                          logits, normalized._version, logits._version)
+    return normalized, logits
 
 
 class OneHotCategorical(TorchDistributionMixin, _torch_dists.OneHotCategorical):

@@ -375,14 +375,11 @@ class ELBO:
         """
         site_scales = kwargs.pop("site_scales", None)
         self.last_params = {}
-        total = 0.0
+        total = None
         with gc_paused():
             for _ in range(self._runs):
-                parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
-                if parts.surrogate.requires_grad:
-                    total = total - (parts.elbo + (parts.surrogate - parts.surrogate.detach()))
-                else:  # no score terms: the surrogate is a constant 0, which adds nothing
-                    total = total - parts.elbo
+                loss = self._particle(model, guide, args, kwargs, site_scales=site_scales).loss()
+                total = loss if total is None else total + loss
         self.step_count += 1
         return total / self.num_particles if self.num_particles != 1 else total
 

@@ -543,7 +543,7 @@ class _JitELBO:
             baselines = baseline_class()
             baselines.averages = dict(zip(have_average, rest[:len(have_average)]))
             site_scales = dict(zip(entry.scale_names, rest[len(have_average):])) or None
-            total = 0.0
+            total = None
             with _ParamInputs(dict(zip(entry.names, leaves))):
                 for _ in range(runs):
                     guide_rec, model_rec = record(run_model, run_guide, call_args, call_kwargs)
@@ -555,10 +555,8 @@ class _JitELBO:
                                      site_scales=site_scales)
                     if train:
                         baselines.commit()
-                        total = total - (parts.elbo + (parts.surrogate
-                                                       - parts.surrogate.detach()))
-                    else:
-                        total = total - parts.elbo
+                    loss = parts.loss(with_surrogate=train)
+                    total = loss if total is None else total + loss
             loss = total / num_particles
             finite = torch.isfinite(loss.detach())  # checked each step, in the graph
             averages = tuple(baselines.averages[site] for site, _ in entry.baselines) \

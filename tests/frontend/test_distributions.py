@@ -440,3 +440,44 @@ def test_normal_fast_construction_still_validates():
         dist.Normal(torch.zeros(2), -1.0, validate_args=True)
     with pytest.raises(ValueError, match="scale"):
         dist.Normal(torch.zeros(2), torch.tensor([1.0, -1.0]), validate_args=True)
+
+
+# ---- Categorical from a constant table: normalized once, the same distribution ----------
+def test_categorical_of_a_constant_table_equals_torch():
+    """A table that needs no gradient is normalized once and reused while it is unchanged;
+    probs, logits, shapes, log densities and draws equal torch's."""
+    table = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.25, 0.25]])
+    first, again = dist.Categorical(table), dist.Categorical(table)
+    ref = torch.distributions.Categorical(table)
+    assert again.probs is first.probs and again.logits is first.logits  # reused
+    for d in (first, again):
+        assert d.batch_shape == ref.batch_shape and d.event_shape == ref.event_shape
+        assert torch.equal(d.probs, ref.probs) and torch.equal(d.logits, ref.logits)
+        value = torch.tensor([2, 0])
+        assert torch.equal(d.log_prob(value), ref.log_prob(value))
+        torch.manual_seed(1)
+        draw = d.sample((4,))
+        torch.manual_seed(1)
+        assert torch.equal(draw, ref.sample((4,)))
+    assert dist.Categorical(table).expand((3, 2)).batch_shape == (3, 2)
+
+
+@pytest.mark.parametrize("change", ["table", "normalized probs", "logits"])
+def test_categorical_constant_table_changed_in_place_is_normalized_again(change):
+    table = torch.tensor([1.0, 1.0, 2.0])
+    d = dist.Categorical(table)
+    {"table": table, "normalized probs": d.probs, "logits": d.logits}[change].mul_(3.0)
+    fresh = dist.Categorical(table)
+    ref = torch.distributions.Categorical(table)
+    assert torch.equal(fresh.probs, ref.probs) and torch.equal(fresh.logits, ref.logits)
+
+
+def test_categorical_of_a_trainable_table_keeps_its_gradient():
+    table = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    d = dist.Categorical(table)
+    (g,) = torch.autograd.grad(d.log_prob(torch.tensor(1)), table)
+    (g_ref,) = torch.autograd.grad(torch.distributions.Categorical(table).log_prob(
+        torch.tensor(1)), table)
+    assert torch.equal(g, g_ref)
+    with pytest.raises(ValueError):
+        dist.Categorical(torch.tensor([1.0, -1.0]), validate_args=True)

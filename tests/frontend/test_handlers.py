@@ -260,3 +260,19 @@ def test_enumerated_support_of_an_overriding_subclass_is_its_own():
     assert enumerated_support(fn, -2).flatten().tolist() == [0, 1, 2]
     Shifted.offset = 10
     assert enumerated_support(fn, -2).flatten().tolist() == [10, 11, 12]
+
+
+def test_full_plate_indices_are_shared_until_written():
+    """A plate that is not subsampled hands out arange(size), built once per size; a caller
+    that writes into it gets a fresh one next time, and inference mode its own."""
+    with sg.plate("a", 4) as first:
+        pass
+    with sg.plate("b", 4) as again:
+        pass
+    assert again is first and torch.equal(first, torch.arange(4))
+    first.add_(10)
+    with sg.plate("a", 4) as fresh:
+        pass
+    assert fresh is not first and torch.equal(fresh, torch.arange(4))
+    with torch.inference_mode(), sg.plate("a", 4) as inside:
+        assert inside is not fresh and torch.equal(inside, torch.arange(4))
