@@ -30,11 +30,12 @@ class LossParts:
     chain of ``guide - model`` ops spares the negations of ``-(elbo + ...)``. The ELBO
     itself is then derived only when read."""
 
-    __slots__ = ("_elbo", "_neg_elbo", "surrogate", "terms", "_loss")
+    __slots__ = ("_elbo", "_neg_elbo", "surrogate", "terms", "_loss", "loss_value")
 
     def __init__(self, elbo, surrogate, terms, neg_elbo=None):
         self._elbo, self._neg_elbo = elbo, neg_elbo
         self.surrogate, self.terms, self._loss = surrogate, terms, None
+        self.loss_value = None  # the float of ``loss()``, once ``check_finite`` read it
 
     @property
     def elbo(self):
@@ -283,7 +284,9 @@ def _score_term(score_plan, records, unscaled, scaled, baselines, whole_cost):
 
 def check_finite(plan, parts, step=None):
     """Raise ``NonFiniteLossError`` naming the first non-finite term, if any."""
-    if math.isfinite(parts.loss().item()):  # the loss the step uses: one sync
+    value = parts.loss().item()  # the loss the step uses: one sync
+    if math.isfinite(value):
+        parts.loss_value = value
         return
     if bool(torch.isfinite(parts.elbo)):
         if bool(torch.isfinite(parts.surrogate)):

@@ -375,13 +375,27 @@ class ELBO:
         """
         site_scales = kwargs.pop("site_scales", None)
         self.last_params = {}
-        total = None
+        total = parts = None
         with gc_paused():
             for _ in range(self._runs):
-                loss = self._particle(model, guide, args, kwargs, site_scales=site_scales).loss()
-                total = loss if total is None else total + loss
+                parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
+                total = parts.loss() if total is None else total + parts.loss()
         self.step_count += 1
-        return total / self.num_particles if self.num_particles != 1 else total
+        if self.num_particles != 1:
+            return total / self.num_particles
+        # one particle: its loss's float, read by the finite check, is the step's loss value
+        # (a weak reference: the step's autograd graph is not kept alive by this)
+        self._last_value = (weakref.ref(total), parts.loss_value) \
+            if total is parts.loss() else None
+        return total
+
+    def loss_value(self, loss):
+        """``float(loss)`` for a tensor ``differentiable_loss`` returned: the value read by
+        the last step's finite check when ``loss`` is that step's, without another sync."""
+        last = self.__dict__.get("_last_value")
+        if last is not None and last[0]() is loss and last[1] is not None:
+            return last[1]
+        return float(loss.detach())
 
     def loss(self, model, guide, *args, **kwargs):
         """The −ELBO estimate, a float (no gradients are computed)."""

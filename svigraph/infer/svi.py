@@ -46,7 +46,8 @@ class SVI:
         """Take one gradient step; return the loss (−ELBO estimate) as a float."""
         if self.loss_and_grads is not None:
             return self._step_with(self.loss_and_grads, args, kwargs)
-        if isinstance(self.loss, ELBO):
+        elbo = isinstance(self.loss, ELBO)
+        if elbo:
             loss = self.loss.differentiable_loss(self.model, self.guide, *args, **kwargs)
             params = self.loss.param_leaves()
         else:
@@ -62,7 +63,7 @@ class SVI:
         self.optim(params)
         for p in params:
             p.grad = None
-        return float(loss.detach())
+        return self.loss.loss_value(loss) if elbo else float(loss.detach())
 
     def _step_with(self, loss_and_grads, args, kwargs):
         """A step whose backward the user's ``loss_and_grads`` runs; the params it touched

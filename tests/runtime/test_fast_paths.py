@@ -710,3 +710,23 @@ def test_nonfinite_surrogate_makes_the_particle_loss_nan():
     assert torch.isnan(parts.loss())
     parts = LossParts(None, leaf * 0.0, {}, neg_elbo=leaf * 3.0)
     assert parts.loss().item() == 3.0 and parts.elbo.item() == -3.0
+
+
+def test_step_returns_the_float_its_finite_check_read():
+    """SVI.step returns the loss value the finite check already read (no second sync): the
+    same float as the differentiable loss of the same draws; any other tensor is read."""
+    model, guide, make_elbo, make_args = CASES["coin-score-baseline"]
+    args = make_args()
+    elbo = make_elbo()
+    svi = SVI(model, guide, sg.optim.SGD({"lr": 0.0}), elbo)  # lr 0: the params stay put
+    for _ in range(3):
+        svi.step(*args)
+    torch.manual_seed(8)
+    state = elbo.baselines.get_state()
+    value = svi.step(*args)
+    elbo.baselines.set_state(state)
+    torch.manual_seed(8)
+    loss = elbo.differentiable_loss(model, guide, *args)
+    assert value == float(loss.detach()) and elbo.loss_value(loss) == value
+    other = loss.detach() + 1.0
+    assert elbo.loss_value(other) == float(other)
