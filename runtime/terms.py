@@ -74,6 +74,8 @@ def enumerated_categorical_log_prob(site, fn):
     value = site["value"]
     if value.shape != (k,) + (1,) * (-dim - 1) or value is not enumerated_support(fn, dim):
         return None
+    if not batch:  # one table (mixture weights): its logits laid along the dim, one view
+        return logits.view(value.shape)
     rank = max(-dim, len(batch))
     at = rank + dim  # the enumeration dim's position, counted from the left
     if at < rank - len(batch) or batch[at - (rank - len(batch))] == 1:

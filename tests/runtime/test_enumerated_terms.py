@@ -11,7 +11,7 @@ from svigraph import distributions as dist
 from svigraph.infer import TraceEnum_ELBO
 
 
-@pytest.mark.parametrize("batch, dim", [((), -1), ((3,), -2), ((4, 1, 3), -2),
+@pytest.mark.parametrize("batch, dim", [((), -1), ((), -2), ((), -4), ((3,), -2), ((4, 1, 3), -2),
                                         ((4, 1, 3), -4), ((2, 1, 1, 3), -3)])
 def test_equals_torch_log_prob(batch, dim):
     logits = torch.randn(batch + (5,), dtype=torch.float64, requires_grad=True)
