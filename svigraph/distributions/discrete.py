@@ -57,9 +57,11 @@ _TABLES_MAX = 64
 def _constant_table(probs):
     """(normalized probs, logits) of a constant probs tensor, computed once per unchanged
     tensor; None for anything else (tensors needing gradients, inference-mode tensors,
-    scalars), which takes torch's path."""
+    scalars), which takes torch's path, as does everything while a dispatch mode records
+    operations (a JIT capture, whose detached inputs need no gradient either)."""
     if (type(probs) is not torch.Tensor or probs.requires_grad or probs.dim() == 0
-            or probs.is_inference() or torch.is_inference_mode_enabled()):
+            or probs.is_inference() or torch.is_inference_mode_enabled()
+            or torch._C._len_torch_dispatch_stack()):
         return None
     entry = _TABLES.get(id(probs))
     if (entry is not None and entry[0]() is probs and entry[1] == probs._version

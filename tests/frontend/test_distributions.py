@@ -481,3 +481,26 @@ def test_categorical_of_a_trainable_table_keeps_its_gradient():
     assert torch.equal(g, g_ref)
     with pytest.raises(ValueError):
         dist.Categorical(torch.tensor([1.0, -1.0]), validate_args=True)
+
+
+def test_categorical_table_is_not_cached_while_operations_are_recorded():
+    """Under a dispatch mode (a JIT capture records operations) every Categorical takes
+    torch's path: its normalization is recorded, not read from the cache."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recording(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    table = torch.tensor([1.0, 2.0, 3.0])
+    dist.Categorical(table)  # cached outside the mode
+    with Recording() as mode:
+        inside = dist.Categorical(table)
+        inside.logits
+    assert any(name.startswith("div") for name in mode.ops)
+    assert torch.equal(inside.logits, torch.distributions.Categorical(table).logits)
