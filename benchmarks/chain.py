@@ -15,7 +15,9 @@ one leaf per param, as a person would write it, ``torch.optim.Adam``), and Pyro 
 installed (its TraceGraph_ELBO cost sets differ: it also keeps upstream terms).
 
 Also printed: the ratio of svigraph's step at N=1,000 to its step at N=100 (linear growth is
-10x), and ``sg.compile`` time of each chain.
+10x), from the tables and from a run that alternates ten N=100 steps with one N=1,000 step
+(the machine's drift between the tables, minutes apart, cancels there), with the
+hand-written loop's ratio beside it; and ``sg.compile`` time of each chain.
 
 Run: python benchmarks/chain.py [--quick]
 """
@@ -38,9 +40,9 @@ import svigraph as sg  # noqa: E402
 from svigraph import distributions as dist  # noqa: E402
 from svigraph.constraints import positive  # noqa: E402
 
-from benchmarks.common import (SUMMARY, SVIGRAPH, SVIGRAPH_JIT, TORCH, jit_loss,  # noqa: E402
-                               machine_info, optional_pyro, pyro_row_name,
-                               pyro_version, run_workload)
+from benchmarks.common import (SUMMARY, SVIGRAPH, SVIGRAPH_JIT, TORCH, checks_off,  # noqa: E402
+                               jit_loss, machine_info, optional_pyro, pyro_row_name,
+                               pyro_version, run_workload, time_steps)
 
 pyro, pdist = optional_pyro()  # (None, None) without Pyro: its rows are skipped
 
@@ -154,6 +156,21 @@ def compile_seconds(n, kind):
     return time.perf_counter() - start
 
 
+def growth_interleaved(kind, repeats=9):
+    """(svigraph, hand-written) growth of the step from N=100 to N=1,000, each the ratio of
+    medians of blocks timed alternately: ten N=100 steps against one N=1,000 step."""
+    steps = {}
+    for n in (100, 1000):
+        _built[0] += 1
+        sv, hand = svigraph_step(n, kind, f"growth{_built[0]}_"), checks_off(torch_step(n, kind))
+        reps = 10 if n == 100 else 1
+        steps[(SVIGRAPH, n)] = lambda f=sv, k=reps: [f() for _ in range(k)]
+        steps[(TORCH, n)] = lambda f=hand, k=reps: [f() for _ in range(k)]
+    timings = time_steps(steps, warmup=2, repeats=repeats, inner=1)
+    return tuple(timings[(who, 1000)].median / timings[(who, 100)].median * 10
+                 for who in (SVIGRAPH, TORCH))
+
+
 def main(quick=False, out=sys.stdout):
     """Run the chain benchmark; print and return its markdown section."""
     torch.set_num_threads(1)
@@ -175,11 +192,17 @@ def main(quick=False, out=sys.stdout):
             sections.append(run_workload(title, contenders(n, kind, with_pyro=n < 1000),
                                          warmup=warmup, repeats=repeats, inner=inner, out=out))
             per_n[(kind, n)] = SUMMARY[-1][1][SVIGRAPH] * SUMMARY[-1][2]
-    lines = ["Growth with the number of sites (svigraph ms/step, N=1,000 over N=100; "
-             "linear is 10x) and compile time (`sg.compile`, one run):", ""]
+    lines = ["Growth with the number of sites (ms/step at N=1,000 over N=100; linear is 10x): "
+             "from the tables above (run minutes apart), and timed interleaved (ten N=100 "
+             "steps, then one N=1,000 step, alternately, so both see the same machine); "
+             "compile time (`sg.compile`, one run):", ""]
     for kind in ("pathwise", "half-sf"):
-        growth = (f"{per_n[(kind, 1000)] / per_n[(kind, 100)]:.1f}x" if (kind, 1000) in per_n
-                  else "not run (--quick)")
+        if (kind, 1000) in per_n:
+            growth = f"{per_n[(kind, 1000)] / per_n[(kind, 100)]:.1f}x in the tables"
+            sv, hand = growth_interleaved(kind)
+            growth += f", interleaved svigraph {sv:.1f}x (hand-written loop {hand:.1f}x)"
+        else:
+            growth = "not run (--quick)"
         lines.append(f"- {kind}: {growth}; compile N=100 {compile_seconds(100, kind):.3f} s, "
                      f"N=1,000 {compile_seconds(1000, kind):.3f} s")
     text = "\n".join(lines)
