@@ -121,8 +121,10 @@ _FULL_INDICES = {}  # size -> arange(size), shared by full plates while nobody c
 def _full_indices(size):
     """``torch.arange(size)``, the indices of a plate that is not subsampled: built once per
     size and handed out again while unchanged (a caller that writes into it gets a new one
-    next time; inference mode gets its own, which autograd could not save)."""
-    if torch.is_inference_mode_enabled():
+    next time). Inference mode gets its own (autograd could not save it), and so does any
+    active torch function or dispatch mode (a default device, a JIT capture)."""
+    if (torch.is_inference_mode_enabled() or torch._C._len_torch_function_stack()
+            or torch._C._len_torch_dispatch_stack()):
         return torch.arange(size)
     cached = _FULL_INDICES.get(size)
     if cached is None or cached[0]._version != cached[1]:

@@ -276,3 +276,5 @@ def test_full_plate_indices_are_shared_until_written():
     assert fresh is not first and torch.equal(fresh, torch.arange(4))
     with torch.inference_mode(), sg.plate("a", 4) as inside:
         assert inside is not fresh and torch.equal(inside, torch.arange(4))
+    with torch.device("meta"), sg.plate("a", 4) as on_default_device:
+        assert on_default_device.device.type == "meta"
