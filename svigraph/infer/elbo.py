@@ -382,6 +382,7 @@ class ELBO:
                 total = parts.loss() if total is None else total + parts.loss()
         self.step_count += 1
         if self.num_particles != 1:
+            self._last_value = None
             return total / self.num_particles
         # one particle: its loss's float, read by the finite check, is the step's loss value
         # (a weak reference: the step's autograd graph is not kept alive by this)
