@@ -5,13 +5,12 @@ Enumeration (``has_enumerate_support``, ``enumerate_support``) is torch's, uncha
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.distributions as _torch_dists
 from torch.distributions.utils import probs_to_logits
 
 from svigraph.distributions.mixin import TorchDistributionMixin
+from svigraph.tensor_memo import UnchangedTensorMemo
 
 __all__ = [
     "Bernoulli",
@@ -48,10 +47,9 @@ class Categorical(TorchDistributionMixin, _torch_dists.Categorical):
         _torch_dists.Distribution.__init__(self, batch_shape, validate_args=validate_args)
 
 
-# id(probs) -> (weakref to probs, its _version, its data_ptr, normalized probs, logits, and
-# their _versions): a table is normalized again when it, or a result, was changed in place
-_TABLES = {}
-_TABLES_MAX = 64
+# constant probs table -> (normalized probs, logits, and their _versions): normalized again
+# when the table, or a result, was changed in place
+_TABLES = UnchangedTensorMemo(max_size=64)
 
 
 def _constant_table(probs):
@@ -63,18 +61,14 @@ def _constant_table(probs):
             or probs.is_inference() or torch.is_inference_mode_enabled()
             or torch._C._len_torch_dispatch_stack()):
         return None
-    entry = _TABLES.get(id(probs))
-    if (entry is not None and entry[0]() is probs and entry[1] == probs._version
-            and entry[2] == probs.data_ptr() and entry[3]._version == entry[5]
-            and entry[4]._version == entry[6]):
-        return entry[3], entry[4]
+    cached = _TABLES.get(probs)
+    if cached is not None and cached[0]._version == cached[2] \
+            and cached[1]._version == cached[3]:
+        return cached[0], cached[1]
     with torch.no_grad():
         normalized = probs / probs.sum(-1, keepdim=True)
         logits = probs_to_logits(normalized)
-    if len(_TABLES) >= _TABLES_MAX:
-        _TABLES.clear()
-    _TABLES[id(probs)] = (weakref.ref(probs), probs._version, probs.data_ptr(), normalized,
-                          logits, normalized._version, logits._version)
+    _TABLES.put(probs, (normalized, logits, normalized._version, logits._version))
     return normalized, logits
 
 

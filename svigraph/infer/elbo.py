@@ -38,6 +38,7 @@ from compiler.baselines import PARTICLE_PLATE
 from svigraph.params import get_param_store
 from svigraph.primitives import _Factor, plate
 from svigraph.recording import record, torch_checks
+from svigraph.tensor_memo import UnchangedTensorMemo
 from svigraph.tracing import trace_graph
 
 log = logging.getLogger("svigraph.compiler")
@@ -112,12 +113,10 @@ def check_observed_support(model_sites):
 
 _REAL = torch.distributions.constraints.real
 
-# Observed values whose support check passed: id -> (weakref, _version, data_ptr, support
-# key). Data is usually the same tensor every step; a hit skips the elementwise check (four
-# tensor ops and a sync) and keeps the shape check. An in-place change bumps _version and
-# ``x.data = y`` moves data_ptr, so changed data is checked again.
-_CHECKED_DATA = {}
-_CHECKED_DATA_MAX = 256
+# Observed values whose support check passed, with their support's key. Data is usually the
+# same tensor every step; a hit skips the elementwise check (four tensor ops and a sync) and
+# keeps the shape check. Changed data is checked again (see ``UnchangedTensorMemo``).
+_CHECKED_DATA = UnchangedTensorMemo(max_size=256)
 
 
 def _support_key(fn):
@@ -139,18 +138,14 @@ def _constraint_key(constraint):
 
 def _support_checked_before(fn, value):
     """Whether ``value``, unchanged, passed the check of this support before."""
-    entry = _CHECKED_DATA.get(id(value))
-    return (entry is not None and entry[0]() is value and entry[1] == value._version
-            and entry[2] == value.data_ptr() and entry[3] == _support_key(fn))
+    key = _CHECKED_DATA.get(value)
+    return key is not None and key == _support_key(fn)
 
 
 def _remember_support_check(fn, value):
     key = _support_key(fn)
-    if key is None or not isinstance(value, torch.Tensor):
-        return
-    if len(_CHECKED_DATA) >= _CHECKED_DATA_MAX:
-        _CHECKED_DATA.clear()
-    _CHECKED_DATA[id(value)] = (weakref.ref(value), value._version, value.data_ptr(), key)
+    if key is not None and isinstance(value, torch.Tensor):
+        _CHECKED_DATA.put(value, key)
 
 
 _INTEGER_INTERVAL = type(torch.distributions.constraints.integer_interval(0, 1))
