@@ -11,7 +11,8 @@ from compiler.errors import PlateError
 from runtime.terms import LAZY_EXPANDED, UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
-from svigraph.ops.provenance import get_provenance, lend_parameter, lent_original
+from svigraph.ops.provenance import (get_provenance, lend_parameter, lending_parameters,
+                                     lent_original)
 from svigraph.params import get_param_store
 from svigraph.recording import Recorder
 
@@ -82,8 +83,10 @@ def module(name, nn_module, update_module_params=False):
         store.register_leaf(full, p if lent is None else lent,
                             overwrite_module=not update_module_params)
         value = param(full)
-        if lent is None and value is not p and get_provenance(value):
-            lend_parameter(nn_module, param_name, value)  # tracing: the module uses the tag
+        if lent is None and value is not p and (lending_parameters() or get_provenance(value)):
+            # tracing: the module computes with the tagged copy; a JIT capture: with the
+            # graph's input for this param
+            lend_parameter(nn_module, param_name, value)
     return nn_module
 
 

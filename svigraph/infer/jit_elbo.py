@@ -6,7 +6,11 @@ next step is captured (``runtime.capture``) as one aten graph holding everything
 computes: the guide's draws, every log-prob term, the surrogate, the baselines' update and
 the backward pass. Later steps only gather the inputs (the params' unconstrained leaves, the
 tensor arguments, the baselines' averages, per-call ``site_scales``) and run the compiled
-graph; the Python model does not run at all.
+graph; the Python model does not run at all. The weights of modules registered with
+``sg.module`` (neural baselines inside them included) are params like any other: while
+capturing, each module computes with the graph's input for its weight, and gets its own
+Parameter back afterwards. A module never registered is refused (its weights would be
+frozen into the graph as constants).
 
 When is skipping the Python program sound? The captured graph is a fixed function of its
 inputs, so it is reused only under a guard: the same model and guide, the same argument
@@ -62,6 +66,7 @@ from runtime.records import structure_key, args_signature
 from svigraph.effects import Messenger
 from svigraph.infer.trace_elbo import Trace_ELBO, TraceGraph_ELBO
 from svigraph.infer.traceenum_elbo import TraceEnum_ELBO
+from svigraph.ops.provenance import parameters_lent
 from svigraph.params import get_param_store, param_transform
 from svigraph.recording import record
 
@@ -544,7 +549,7 @@ class _JitELBO:
             baselines.averages = dict(zip(have_average, rest[:len(have_average)]))
             site_scales = dict(zip(entry.scale_names, rest[len(have_average):])) or None
             total = None
-            with _ParamInputs(dict(zip(entry.names, leaves))):
+            with _ParamInputs(dict(zip(entry.names, leaves))), parameters_lent():
                 for _ in range(runs):
                     guide_rec, model_rec = record(run_model, run_guide, call_args, call_kwargs)
                     if structure_key(guide_rec.sites, model_rec.sites, signature) != plan.key:

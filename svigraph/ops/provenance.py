@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 __all__ = ["ProvenanceTensor", "track_provenance", "get_provenance", "detach_provenance",
@@ -135,6 +137,7 @@ def restore_plain_tensors():
 
 
 _LENT = []  # (module, parameter name, its own Parameter) while tracing lends it a tagged one
+_LENDING = [0]  # > 0 inside parameters_lent(): modules compute with substituted params
 
 
 def lend_parameter(module, dotted_name, tagged):
@@ -155,11 +158,32 @@ def lent_original(tensor):
     return None
 
 
-def restore_lent_parameters():
-    """Give every module lent a tagged parameter its own back (newest first)."""
-    while _LENT:
+def restore_lent_parameters(depth=0):
+    """Give every module lent a parameter after the first ``depth`` its own back (newest
+    first)."""
+    while len(_LENT) > depth:
         owner, leaf, own = _LENT.pop()
         owner._parameters[leaf] = own
+
+
+def lending_parameters():
+    """True inside ``parameters_lent()``."""
+    return _LENDING[0] > 0
+
+
+@contextlib.contextmanager
+def parameters_lent():
+    """While open, ``sg.module`` lends a module the value its ``param`` statement returned
+    whenever that is not the module's own Parameter (a capture answers params with its
+    graph's inputs): the module's weights then enter the graph as inputs, not constants.
+    Every module lent one gets its own back on exit."""
+    depth = len(_LENT)
+    _LENDING[0] += 1
+    try:
+        yield
+    finally:
+        _LENDING[0] -= 1
+        restore_lent_parameters(depth)
 
 
 def _unwrap(obj, provenance):

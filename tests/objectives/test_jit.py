@@ -348,12 +348,61 @@ def test_non_finite_param_raises_the_eager_error():
         elbo.differentiable_loss(coin_model, coin_guide, FLIPS)
 
 
-def test_module_weights_are_not_captured_as_constants():
+def belief_net(seed=0):
+    """(model, guide, nets): a two-layer sigmoid belief net whose weights live in modules
+    registered with ``sg.module``, with a neural baseline (inside the registered module)
+    for each score-function site; fresh weights from ``seed``."""
+    torch.manual_seed(seed)
+    nets = torch.nn.ModuleDict({"p_top": torch.nn.Linear(3, 4), "p_x": torch.nn.Linear(4, 5),
+                                "q_x": torch.nn.Linear(5, 4), "q_top": torch.nn.Linear(4, 3),
+                                "base_z": torch.nn.Linear(5, 1), "base_top": torch.nn.Linear(5, 1)})
+
+    def model(x):
+        sg.module("nets", nets)
+        with sg.plate("batch", x.shape[0]):
+            top = sg.sample("top", dist.Bernoulli(logits=torch.zeros(x.shape[0], 3)).to_event(1))
+            z = sg.sample("z", dist.Bernoulli(logits=nets["p_top"](top)).to_event(1))
+            sg.sample("x", dist.Bernoulli(logits=nets["p_x"](z)).to_event(1), obs=x)
+
+    def guide(x):
+        sg.module("nets", nets)
+        with sg.plate("batch", x.shape[0]):
+            z = sg.sample("z", dist.Bernoulli(logits=nets["q_x"](x)).to_event(1),
+                          infer={"baseline": {"nn_baseline": nets["base_z"],
+                                              "nn_baseline_input": x}})
+            sg.sample("top", dist.Bernoulli(logits=nets["q_top"](z)).to_event(1),
+                      infer={"baseline": {"nn_baseline": nets["base_top"],
+                                          "nn_baseline_input": x}})
+
+    return model, guide, nets
+
+
+BELIEF_DATA = (torch.linspace(0.0, 1.0, 6 * 5).reshape(6, 5).sin() > 0.4).float()
+
+
+@pytest.mark.parametrize("options", [FX, {"backend": "forward"}], ids=["fx", "forward"])
+def test_registered_module_weights_enter_the_capture_as_inputs(options):
+    """``sg.module`` weights (and a neural baseline's, inside the registered module) are the
+    graph's inputs: the step is captured, its losses and gradients are the eager step's, and
+    the modules keep their own Parameters."""
+    model, guide, _ = belief_net()
+    eager = run_steps(TraceGraph_ELBO(), model, guide, (BELIEF_DATA,), steps=5)
+    model, guide, nets = belief_net()
+    own = [p for p in nets.parameters()]
+    elbo = JitTraceGraph_ELBO(jit_options=options)
+    jit = run_steps(elbo, model, guide, (BELIEF_DATA,), steps=5)
+    assert captured(elbo).startswith("captured"), captured(elbo)
+    assert_same(eager, jit, rtol=1e-5, atol=1e-6)
+    assert len(eager[-1][1]) == len(own) == 12  # every weight got its gradient
+    assert all(a is b and type(a) is torch.nn.Parameter
+               for a, b in zip(nets.parameters(), own))
+
+
+def test_unregistered_module_weights_are_not_captured_as_constants():
     net = torch.nn.Linear(1, 1)
 
     def model(x):
-        sg.module("net", net)
-        loc = net(torch.ones(1)).squeeze()
+        loc = net(torch.ones(1)).squeeze()  # never registered with sg.module
         z = sg.sample("z", dist.Normal(loc, 1.0))
         sg.sample("x", dist.Normal(z, 1.0), obs=x)
 
@@ -362,12 +411,11 @@ def test_module_weights_are_not_captured_as_constants():
 
     x = torch.tensor(1.0)
     eager = run_steps(Trace_ELBO(), model, guide, (x,), steps=4)
-    torch.nn.init.constant_(net.weight, 0.0)
     elbo = JitTrace_ELBO(jit_options=FX)
-    jit_steps = run_steps(elbo, model, guide, (x,), steps=4)
-    assert len(jit_steps) == 4
+    jit = run_steps(elbo, model, guide, (x,), steps=4)
+    assert_same(eager, jit)  # runs eagerly, exact
     assert "not captured" in captured(elbo) and "requires grad" in captured(elbo)
-    del eager
+    assert type(net.weight) is torch.nn.Parameter
 
 
 def test_step_over_max_ops_replays_its_forward_pass():
