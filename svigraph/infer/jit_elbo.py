@@ -106,7 +106,8 @@ class _Entry:
     """One guard's state: warming up (eager), captured, or refused (eager for good)."""
 
     __slots__ = ("mode", "eager_steps", "step", "refused", "plan", "names", "leaves",
-                 "constraints", "shapes", "baselines", "grad_mask", "scale_names", "forward")
+                 "constraints", "shapes", "baselines", "grad_mask", "scale_names", "forward",
+                 "modules")
 
     def __init__(self, mode, scale_names):
         self.mode = mode                # "step" (gradients) or "loss"
@@ -122,6 +123,7 @@ class _Entry:
         self.baselines = ()    # ((site, shape of its average or None), ...): decaying averages
         self.grad_mask = ()    # per param: whether its gradient is an output
         self.forward = False   # capture the forward pass only (its whole step is too big)
+        self.modules = ()      # ((module, name, its Parameter), ...) the capture lent inputs to
 
     @property
     def label(self):
@@ -147,6 +149,12 @@ class _ParamInputs(Messenger):
                                  fix="nothing to do: this structure runs eagerly", site=name)
         constraint = get_param_store().get_constraint(name)
         msg["value"] = leaf if constraint is constraints.real else param_transform(constraint)(leaf)
+
+
+def _same_module_parameters(modules):
+    """Whether each module the capture lent inputs to still holds the same Parameter (a
+    module given a new Parameter object computes with it eagerly: capture again)."""
+    return all([owner._parameters.get(name) is own for owner, name, own in modules])
 
 
 def _flatten_args(args, kwargs):
@@ -389,7 +397,8 @@ class _JitELBO:
             return self._capture(entry, model, guide, args, kwargs, site_scales, tensors)
         leaves = self._current_leaves(entry)
         averages = self._baseline_inputs(entry)
-        if leaves is None or averages is None:  # params or baselines changed: capture again
+        if leaves is None or averages is None or not _same_module_parameters(entry.modules):
+            # params, baselines or a module's Parameter changed: capture again
             entry.step, entry.eager_steps = None, 0
             return None
         scales = [_as_scale(site_scales[n]) for n in entry.scale_names]
@@ -549,7 +558,7 @@ class _JitELBO:
             baselines.averages = dict(zip(have_average, rest[:len(have_average)]))
             site_scales = dict(zip(entry.scale_names, rest[len(have_average):])) or None
             total = None
-            with _ParamInputs(dict(zip(entry.names, leaves))), parameters_lent():
+            with _ParamInputs(dict(zip(entry.names, leaves))), parameters_lent() as lent:
                 for _ in range(runs):
                     guide_rec, model_rec = record(run_model, run_guide, call_args, call_kwargs)
                     if structure_key(guide_rec.sites, model_rec.sites, signature) != plan.key:
@@ -562,6 +571,7 @@ class _JitELBO:
                         baselines.commit()
                     loss = parts.loss(with_surrogate=train)
                     total = loss if total is None else total + loss
+            entry.modules = tuple(lent)
             loss = total / num_particles
             finite = torch.isfinite(loss.detach())  # checked each step, in the graph
             averages = tuple(baselines.averages[site] for site, _ in entry.baselines) \

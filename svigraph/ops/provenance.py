@@ -176,13 +176,15 @@ def parameters_lent():
     """While open, ``sg.module`` lends a module the value its ``param`` statement returned
     whenever that is not the module's own Parameter (a capture answers params with its
     graph's inputs): the module's weights then enter the graph as inputs, not constants.
-    Every module lent one gets its own back on exit."""
-    depth = len(_LENT)
+    Every module lent one gets its own back on exit. Yields a list that then holds
+    ``(module, parameter name, its own Parameter)`` for each parameter lent."""
+    depth, lent = len(_LENT), []
     _LENDING[0] += 1
     try:
-        yield
+        yield lent
     finally:
         _LENDING[0] -= 1
+        lent.extend(_LENT[depth:])
         restore_lent_parameters(depth)
 
 

@@ -398,6 +398,20 @@ def test_registered_module_weights_enter_the_capture_as_inputs(options):
                for a, b in zip(nets.parameters(), own))
 
 
+def test_module_given_a_new_parameter_is_captured_again():
+    """A module whose Parameter is replaced after the capture computes with the new one, as
+    the eager step would: the guard sees the module changed and the step runs again."""
+    model, guide, nets = belief_net()
+    elbo = JitTraceGraph_ELBO(jit_options=FX)
+    run_steps(elbo, model, guide, (BELIEF_DATA,), steps=3)
+    assert captured(elbo).startswith("captured")
+    fresh = torch.nn.Parameter(torch.zeros_like(nets["p_x"].weight))
+    nets["p_x"].weight = fresh
+    elbo.differentiable_loss(model, guide, BELIEF_DATA).backward()
+    assert fresh.grad is not None and fresh.grad.abs().sum() > 0
+    assert dict(sg.get_param_store().named_parameters())["nets.p_x.weight"] is fresh
+
+
 def test_unregistered_module_weights_are_not_captured_as_constants():
     net = torch.nn.Linear(1, 1)
 
