@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributions as _torch_dists
-from torch.distributions.utils import probs_to_logits
+from torch.distributions.utils import lazy_property, logits_to_probs, probs_to_logits
 
 from svigraph.distributions.mixin import TorchDistributionMixin
 from svigraph.tensor_memo import UnchangedTensorMemo
@@ -33,18 +33,53 @@ class Categorical(TorchDistributionMixin, _torch_dists.Categorical):
 
     Built from a constant table of ``probs`` (a tensor that needs no gradient, e.g. mixture
     weights a model passes every step), the normalized probs and their logits are computed
-    once and reused while that tensor is unchanged; the distribution is the same."""
+    once and reused while that tensor is unchanged; the distribution is the same.
+
+    Built from trainable ``probs`` with argument checks off, the normalization is deferred
+    to the first read of ``probs`` (or ``logits``, ``log_prob``, ``sample``...): an HMM's
+    T transition rows are then normalized once, stacked (``runtime.stacked_terms``), instead
+    of once per time step. The values are the same arithmetic; with checks on, torch
+    normalizes at construction and validates."""
 
     def __init__(self, probs=None, logits=None, validate_args=None):
-        normalized = _constant_table(probs) if logits is None else None
-        if normalized is None:
-            super().__init__(probs, logits, validate_args=validate_args)
-            return
-        self.probs, self.__dict__["logits"] = normalized
-        self._param = self.probs
-        self._num_events = self.probs.size()[-1]
-        batch_shape = self.probs.size()[:-1] if self.probs.ndimension() > 1 else torch.Size()
+        if logits is None and probs is not None:
+            normalized = _constant_table(probs)
+            if normalized is not None:
+                self.probs, self.__dict__["logits"] = normalized
+                self._param = self.probs
+                self._init_shapes(self.probs, validate_args)
+                return
+            if _deferrable(probs, validate_args):
+                self._unnormalized = self._param = probs
+                self._init_shapes(probs, validate_args)
+                return
+        super().__init__(probs, logits, validate_args=validate_args)
+
+    def _init_shapes(self, table, validate_args):
+        self._num_events = table.size()[-1]
+        batch_shape = table.size()[:-1] if table.ndimension() > 1 else torch.Size()
         _torch_dists.Distribution.__init__(self, batch_shape, validate_args=validate_args)
+
+    @lazy_property
+    def probs(self):
+        raw = self.__dict__.get("_unnormalized")
+        if raw is None:
+            return logits_to_probs(self.logits)
+        return raw / raw.sum(-1, keepdim=True)
+
+    def expand(self, batch_shape, _instance=None):
+        self.probs  # noqa: B018 - torch's expand copies the normalized table: make it now
+        return super().expand(batch_shape, _instance)
+
+
+def _deferrable(probs, validate_args):
+    """Whether normalizing ``probs`` can wait: a plain trainable tensor of at least one dim
+    (constant tables are cached instead), built with gradients on (the lazy read computes
+    under grad, as torch's lazy properties do) and argument checks off (torch's check reads
+    the normalized table at construction)."""
+    checks = _torch_dists.Distribution._validate_args if validate_args is None else validate_args
+    return (type(probs) is torch.Tensor and probs.requires_grad and probs.dim() >= 1
+            and not checks and torch.is_grad_enabled())
 
 
 # constant probs table -> (normalized probs, logits, and their _versions): normalized again

@@ -483,6 +483,53 @@ def test_categorical_of_a_trainable_table_keeps_its_gradient():
         dist.Categorical(torch.tensor([1.0, -1.0]), validate_args=True)
 
 
+# ---- Categorical from a trainable table, checks off: normalized when first read ---------
+def _deferred(table):
+    d = dist.Categorical(table, validate_args=False)
+    assert "probs" not in d.__dict__ and "logits" not in d.__dict__  # not normalized yet
+    return d
+
+
+@pytest.mark.parametrize("read", ["log_prob", "probs", "logits", "sample", "entropy", "mode",
+                                  "enumerate_support", "expand"])
+def test_categorical_normalized_when_first_read_equals_torch(read):
+    """With checks off, a trainable table is normalized on its first read; whatever is read
+    first, values, shapes, draws and gradients equal torch's eager normalization."""
+    raw = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.25, 0.25]])
+    value = torch.tensor([2, 0])
+
+    def use(d):
+        torch.manual_seed(3)
+        out = {"log_prob": lambda: d.log_prob(value), "probs": lambda: d.probs,
+               "logits": lambda: d.logits, "sample": lambda: d.sample((5,)),
+               "entropy": d.entropy, "mode": lambda: d.mode,
+               "enumerate_support": d.enumerate_support,
+               "expand": lambda: d.expand((4, 2)).log_prob(value)}[read]()
+        return out, d.log_prob(value).sum()
+
+    table = raw.clone().requires_grad_()
+    got, lp = use(_deferred(table))
+    (grad,) = torch.autograd.grad(lp, table)
+    ref_table = raw.clone().requires_grad_()
+    ref = torch.distributions.Categorical(ref_table, validate_args=False)
+    want, lp_ref = use(ref)
+    (grad_ref,) = torch.autograd.grad(lp_ref, ref_table)
+    assert got.shape == want.shape and torch.equal(got, want)
+    assert torch.equal(grad, grad_ref)
+    d = _deferred(table)
+    assert d.batch_shape == ref.batch_shape and d.param_shape == ref.param_shape
+    assert d.support.upper_bound == ref.support.upper_bound
+
+
+def test_categorical_normalizes_at_once_with_checks_on_or_gradients_off():
+    table = torch.tensor([1.0, 2.0, 3.0], requires_grad=True)
+    assert "probs" in dist.Categorical(table, validate_args=True).__dict__
+    with torch.no_grad():
+        assert "probs" in dist.Categorical(table, validate_args=False).__dict__
+    with pytest.raises(ValueError):
+        dist.Categorical(torch.tensor([1.0, -1.0], requires_grad=True), validate_args=True)
+
+
 def test_categorical_table_is_not_cached_while_operations_are_recorded():
     """Under a dispatch mode (a JIT capture records operations) every Categorical takes
     torch's path: its normalization is recorded, not read from the cache."""
