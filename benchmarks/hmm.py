@@ -15,10 +15,10 @@ emission means; the initial state is state 0's row. Every hidden state is summed
                same leaves, torch.optim.Adam; zero_grad / backward / step
   pyro         pyro.infer.TraceEnum_ELBO with pyro.markov, pyro.infer.SVI (optional)
   model code alone
-               not an inference method: the model's own torch code (its T steps of
-               distributions) and a backward pass through their parameters, with no
-               log-density or contraction; what any library running the model eagerly
-               spends before doing inference (``model_code_step``)
+               not an inference method: the model's own code (its T steps of indexing and
+               svigraph distributions) and a backward pass through their parameters, with
+               no log-density, normalization or contraction; what any library running the
+               model eagerly spends before doing inference (``model_code_step``)
 
 All use Adam(lr=0.05). Timings are interleaved in one process (``benchmarks.common``).
 
@@ -168,22 +168,25 @@ def torch_step(xs):
 def model_code_step(xs):
     """Not an inference method: a lower bound for any library that runs the model eagerly.
 
-    The model's own torch code, step by step as the svigraph and Pyro models run it (with
-    the enumerated states' value tensors, distribution checks off), and a backward pass
-    that reaches ``trans`` and ``locs`` through every step's distribution parameters, then
-    Adam. No log-density, no contraction: whatever an eager library adds comes on top."""
+    The model's own code, step by step as svigraph runs it: the enumerated states' value
+    tensors indexing ``trans`` and ``locs``, svigraph's distributions built from the rows
+    (checks off; svigraph's Categorical defers normalizing a trainable table, so none is
+    done here), and a backward pass that reaches ``trans`` and ``locs`` through every step's
+    distribution parameters, then Adam. No log-density, no normalization, no contraction:
+    whatever an eager library adds comes on top."""
     to_simplex, leaf, locs, opt = _leaves()
     states = (torch.arange(K).reshape(K, 1, 1), torch.arange(K).reshape(K, 1, 1, 1))
 
     def step():
         trans = to_simplex(leaf)
-        z, logits, loc = 0, [], []
+        z, params = 0, []
         for t in range(xs.shape[0]):
-            logits.append(torch.distributions.Categorical(trans[z], validate_args=False).logits)
+            row = dist.Categorical(trans[z], validate_args=False)
+            params.append(row._param)  # the table as given (torch's name for it)
             z = states[t % 2]  # markov reuses two enumeration dims, alternately
-            loc.append(torch.distributions.Normal(locs[z], 1.0, validate_args=False).loc)
+            params.append(dist.Normal(locs[z], 1.0, validate_args=False).loc)
             xs[t]  # the observation the model reads
-        loss = torch.cat([v.reshape(-1) for v in logits + loc]).sum()
+        loss = torch.cat([v.reshape(-1) for v in params]).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
