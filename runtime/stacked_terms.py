@@ -149,7 +149,7 @@ def _group_log_probs(group, sites):
             return None
     stacked = first.__class__.__new__(first.__class__)
     stacked.__dict__.update(first.__dict__)
-    lead = (1,) * group.pad
+    n, lead = len(fns), (1,) * group.pad
     done = {}  # attributes that alias each other (Categorical's _param) stay aliased
     for key, attr in first.__dict__.items():
         if not isinstance(attr, torch.Tensor):
@@ -157,21 +157,26 @@ def _group_log_probs(group, sites):
         if id(attr) in done:
             stacked.__dict__[key] = done[id(attr)]
             continue
-        tensors = [fn.__dict__[key] for fn in fns]
+        # stacked, then padded once (the sites' tensors share a shape): no view per site
+        rows = torch.stack([fn.__dict__[key] for fn in fns])
         if lead:
-            tensors = [t.reshape(lead + t.shape) for t in tensors]
-        done[id(attr)] = stacked.__dict__[key] = torch.stack(tensors)
-    stacked.__dict__["_batch_shape"] = torch.Size((len(fns),) + lead + group.batch_shape)
-    values = [site["value"] for site in sites]
+            rows = rows.reshape((n,) + lead + attr.shape)
+        done[id(attr)] = stacked.__dict__[key] = rows
+    stacked.__dict__["_batch_shape"] = torch.Size((n,) + lead + group.batch_shape)
+    values = torch.stack([site["value"] for site in sites])
     if group.value_pad:
-        pad = (1,) * group.value_pad
-        values = [v.reshape(pad + v.shape) for v in values]
-    log_prob = stacked.log_prob(torch.stack(values))
+        values = values.reshape((n,) + (1,) * group.value_pad + values.shape[1:])
+    log_prob = stacked.log_prob(values)
     if log_prob.shape[1:] != group.own_shape:
         return None
-    log_probs = log_prob.unbind(0)
-    if group.out_shape is not None:
-        log_probs = [lp.expand(group.out_shape) for lp in log_probs]
+    out = group.out_shape
+    if out is None:
+        log_probs = log_prob.unbind(0)
+    else:  # expanded once, then split: one expand (and one backward node), not one per site
+        extra = len(out) - len(group.own_shape)
+        rows = log_prob.reshape((n,) + (1,) * extra + tuple(group.own_shape)) if extra \
+            else log_prob
+        log_probs = rows.expand((n,) + tuple(out)).unbind(0)
     for i, lp in enumerate(log_probs):  # a scan stacking these again takes the stack itself
         lp.__dict__[STACKED] = (log_prob, i, group.out_shape)
     return log_probs

@@ -71,6 +71,36 @@ def test_stacked_equals_site_by_site(name, make_elbo, model, guide, data, monkey
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
 
 
+def broadcast_obs_model(data):
+    """Scalar observations in a loop inside a plate at dim -2: each site's own log density
+    is a scalar, its plate-expanded one (4, 1): the stack is expanded to more dims."""
+    loc = sg.param("loc", torch.tensor(0.2))
+    with sg.plate("rows", 4, dim=-2):
+        for i in range(3):
+            sg.sample(f"x{i}", dist.Normal(loc, 1.0), obs=data[i])
+
+
+def test_stacked_rows_expanded_to_more_dims_equal_site_by_site(monkeypatch):
+    sg.clear_param_store()
+    elbo = Trace_ELBO()
+    loss_and_grads(elbo, broadcast_obs_model, no_guide, DATA)
+    plan = elbo.last_plan
+    (group,) = stacked_terms._LAYOUTS[plan]
+    assert len(group.out_shape) > len(group.own_shape)
+    trace = sg.handlers.trace(broadcast_obs_model).get_trace(DATA)
+    values = stacked_terms._group_log_probs(group, [trace.nodes[n] for n in group.names])
+    assert values is not None
+    for name, value in zip(group.names, values):
+        assert value.shape == (4, 1) and torch.equal(value, site_log_prob(trace.nodes[name]))
+    loss, grads = loss_and_grads(elbo, broadcast_obs_model, no_guide, DATA)
+    monkeypatch.setattr(stacked_terms, "MIN_GROUP", 10 ** 9)
+    stacked_terms._LAYOUTS.pop(plan)
+    ref_loss, ref_grads = loss_and_grads(elbo, broadcast_obs_model, no_guide, DATA)
+    assert torch.equal(loss, ref_loss)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
+
+
 def test_each_stacked_value_equals_its_sites_log_prob():
     sg.clear_param_store()
     trace = sg.handlers.trace(sg.handlers.seed(chain_model, rng_seed=0)).get_trace(DATA)
