@@ -26,7 +26,7 @@ import opt_einsum
 import torch
 
 from compiler.errors import EnumerationError, ShapeMismatchError
-from runtime.scan import run_scan
+from runtime.scan import log_of_product, run_scan
 
 _PROGRAMS = weakref.WeakKeyDictionary()
 
@@ -298,6 +298,6 @@ def _einsum_kernel(equation, inputs, out, size, shapes):
             peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
             exps.append(torch.exp(tensor - peak))
             shift = shift + peak.reshape(kept_shape).permute(perm).reshape(view)
-        return torch.log(expression(*exps)) + shift
+        return log_of_product(expression(*exps)) + shift
 
     return run

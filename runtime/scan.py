@@ -66,7 +66,18 @@ def log_matmul(a, b, kernel="broadcast"):
     col = b.detach().amax(-2, keepdim=True)
     row = torch.where(torch.isfinite(row), row, torch.zeros_like(row))
     col = torch.where(torch.isfinite(col), col, torch.zeros_like(col))
-    return torch.log(torch.matmul(torch.exp(a - row), torch.exp(b - col))) + row + col
+    return log_of_product(torch.matmul(torch.exp(a - row), torch.exp(b - col))) + row + col
+
+
+def log_of_product(x):
+    """``log(x)`` of a max-shifted product (x >= 0), with gradient 0 where x is 0.
+
+    An entry underflows to 0 when every term of its sum lies some 100 nats (float32) below
+    the shifts: its log is -inf, its weight downstream exactly 0, so its gradient is 0 to
+    float precision; ``torch.log``'s own would be 0 * inf = nan, poisoning every parameter.
+    A nan entry stays nan (the loss check then names it)."""
+    zero = x == 0
+    return torch.where(zero, float("-inf"), torch.where(zero, 1.0, x).log())
 
 
 def _stack_role(groups, operands):

@@ -221,6 +221,26 @@ def test_log_matmul_kernels_agree_and_handle_minus_infinity():
     assert (log_matmul(a, b, "matmul")[0, 0] == -math.inf).all()
 
 
+def test_max_shifted_kernels_give_zero_gradient_where_a_product_underflows():
+    """Entry (0, 0)'s terms lie 200 nats below the shifts: float32 products underflow to 0
+    and the max-shifted kernels give -inf there (negligible next to the other entries); the
+    gradients stay the exact kernel's, not 0 * inf = nan. A nan stays nan."""
+    a = torch.tensor([[0.0, -200.0], [0.0, 0.0]], requires_grad=True)
+    b = torch.tensor([[-200.0, 0.0], [0.0, 0.0]], requires_grad=True)
+    exact = torch.autograd.grad(torch.logsumexp(log_matmul(a, b, "broadcast").flatten(), 0),
+                                (a, b))
+    einsum = build_kernel("ab,bc->ac", ((2, 2), (2, 2)), "einsum")
+    for out in (log_matmul(a, b, "matmul"), einsum(a, b)):
+        assert out[0, 0] == -math.inf
+        grads = torch.autograd.grad(torch.logsumexp(out.flatten(), 0), (a, b))
+        for got, want in zip(grads, exact):
+            assert torch.isfinite(got).all()
+            torch.testing.assert_close(got, want)
+    with_nan = a.detach().clone()
+    with_nan[1, 1] = math.nan
+    assert log_matmul(with_nan, b.detach(), "matmul")[1].isnan().all()
+
+
 def random_chain(T, K=3, S=4, dtype=torch.float64, seed=0, flip=True, global_var=False,
                  nested=False):
     """An HMM-like chain inside plate s (size S), with optional extras, and its tensors.
