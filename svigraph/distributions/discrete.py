@@ -71,6 +71,10 @@ class Categorical(TorchDistributionMixin, _torch_dists.Categorical):
         self.probs  # noqa: B018 - torch's expand copies the normalized table: make it now
         return super().expand(batch_shape, _instance)
 
+    def __repr__(self):
+        self.probs  # noqa: B018 - torch's repr shows the parameters already computed
+        return super().__repr__()
+
 
 def _deferrable(probs, validate_args):
     """Whether normalizing ``probs`` can wait: a plain trainable tensor of at least one dim

@@ -519,6 +519,8 @@ def test_categorical_normalized_when_first_read_equals_torch(read):
     d = _deferred(table)
     assert d.batch_shape == ref.batch_shape and d.param_shape == ref.param_shape
     assert d.support.upper_bound == ref.support.upper_bound
+    fresh = torch.distributions.Categorical(table, validate_args=False)
+    assert repr(_deferred(table)) == repr(fresh) == "Categorical(probs: torch.Size([2, 3]))"
 
 
 def test_categorical_normalizes_at_once_with_checks_on_or_gradients_off():
