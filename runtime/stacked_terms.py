@@ -173,10 +173,10 @@ def _group_log_probs(group, sites):
     if out is None:
         log_probs = log_prob.unbind(0)
     else:  # expanded once, then split: one expand (and one backward node), not one per site
-        extra = len(out) - len(group.own_shape)
-        rows = log_prob.reshape((n,) + (1,) * extra + tuple(group.own_shape)) if extra \
+        extra = len(out) - len(group.own_shape)  # plate dims the sites' own shape lacks
+        padded = log_prob.reshape((n,) + (1,) * extra + tuple(group.own_shape)) if extra \
             else log_prob
-        log_probs = rows.expand((n,) + tuple(out)).unbind(0)
+        log_probs = padded.expand((n,) + tuple(out)).unbind(0)
     for i, lp in enumerate(log_probs):  # a scan stacking these again takes the stack itself
         lp.__dict__[STACKED] = (log_prob, i, group.out_shape)
     return log_probs
