@@ -65,7 +65,8 @@ def _format_scan(scan, peak):
         if scan.length > 3 else " -> ".join(scan.chain)
     return (f"        parallel scan over {chain}: {scan.length - 1} steps of "
             f"{len(scan.roles)} factor(s), K={scan.var_size}, batch {_dims(scan.batch)}; "
-            f"{len(scan.rounds)} rounds ({kernels or 'none'})   peak {peak} elements")
+            f"{len(scan.rounds)} rounds ({kernels or 'none'})   peak {peak} elements; eager "
+            f"steps first try scaled linear-space rounds, kept only where precise")
 
 
 def _span(names):

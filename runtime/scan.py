@@ -6,11 +6,21 @@ round halves the stack, so the sequential depth is ceil(log2 T) batched operatio
 T. An odd element left over by a round is set aside and multiplied in, in order, at the end.
 The initial vector (the factors of x_0 alone) is added last, and both chain ends summed out.
 
-Two kernels compute ``log(exp(A) @ exp(B))``: "broadcast" is exact (logsumexp of the
-broadcast sum, materializing ``(..., K, K, K)``); "matmul" shifts A by its row maxima and B
-by its column maxima (detached: the identity holds for any constant, so gradients are exact),
-multiplies, and adds the shifts back. Both keep every intermediate in log space, so a
-10,000-step chain stays finite in float32.
+An eager step first tries the scaled chain (``scaled_chain_sum``): the steps are
+exponentiated once, each shifted by its own maximum, and the rounds are plain matmuls, each
+product divided by its maximum, the logs of the shifts summed on the side in float64. Three
+tensor operations a round instead of a dozen, and more accurate gradients. It holds every
+entry in linear space, so it is used only when every entry of every intermediate lies
+within ``SCALED_FLOOR`` (about 69 nats) of its matrix's maximum: float32 then keeps its
+relative precision throughout. Otherwise (structural zeros, a step whose entries span more
+than 69 nats, nan) the step falls back to the planned log-space rounds; so does a JIT capture,
+which cannot branch on values.
+
+The planned rounds use two kernels for ``log(exp(A) @ exp(B))``: "broadcast" is exact
+(logsumexp of the broadcast sum, materializing ``(..., K, K, K)``); "matmul" shifts A by its
+row maxima and B by its column maxima (detached: the identity holds for any constant, so
+gradients are exact), multiplies, and adds the shifts back. Both keep every intermediate in
+log space, so a 10,000-step chain stays finite in float32.
 """
 
 from __future__ import annotations
@@ -31,13 +41,72 @@ def run_scan(spec, operands):
             its labels (as ``runtime.contract`` binds them).
     """
     steps = sum(_stack_role(groups, operands) for groups in spec.roles)
-    product = chain_product(steps, spec.rounds, spec.tail_kernel)     # (*batch, K, K)
-    if spec.init:
-        product = product + _init_vector(spec.init, operands).unsqueeze(-1)
-    result = torch.logsumexp(product.flatten(-2), -1)
+    init = _init_vector(spec.init, operands) if spec.init else None     # (*batch, K)
+    result = scaled_chain_sum(steps, init) if _eager() else None
+    if result is None:
+        product = chain_product(steps, spec.rounds, spec.tail_kernel)     # (*batch, K, K)
+        if init is not None:
+            product = product + init.unsqueeze(-1)
+        result = torch.logsumexp(product.flatten(-2), -1)
     if tuple(result.shape) != spec.batch_shape:
         result = result.expand(spec.batch_shape)
     return result
+
+
+# Every entry of every scaled intermediate must be at least this fraction of its matrix's
+# maximum: exp(-69), far above float32's smallest normal number (1.2e-38), so that no
+# product of two entries, nor any entry, loses precision to underflow.
+SCALED_FLOOR = 1e-30
+
+
+def scaled_chain_sum(steps, init=None):
+    """``log sum_ij exp(init_i) (exp(M_0) @ ... @ exp(M_{n-1}))_ij`` over the batch, for
+    ``steps`` M of shape (n, *batch, K, K) and ``init`` (*batch, K) (zeros when None), in
+    linear space with per-matrix scales (see the module docstring); or None when some entry
+    falls below ``SCALED_FLOOR`` of its matrix's maximum (or is nan), where only the
+    log-space rounds are exact. The scales are detached constants, so gradients are exact."""
+    if steps.shape[0] == 0 or steps.dtype not in (torch.float32, torch.float64):
+        return None
+    shift = steps.detach().amax((-2, -1), keepdim=True)               # (n, *batch, 1, 1)
+    scaled = torch.exp(steps - shift)
+    log_scale = shift.sum(0, dtype=torch.float64)
+    floors = [scaled.detach().amin()]
+    leftovers = []
+    while scaled.shape[0] > 1:
+        n = scaled.shape[0]
+        if n % 2:
+            leftovers.append(scaled[n - 1])
+        scaled, log_scale = _rescaled(
+            torch.matmul(scaled[0:n - 1:2], scaled[1:n:2]), log_scale, floors, summed=True)
+    product = scaled[0]
+    for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
+        product, log_scale = _rescaled(product @ tail, log_scale, floors, summed=False)
+    if not bool(torch.stack(floors).min() > SCALED_FLOOR):
+        return None
+    if init is not None:
+        top = init.detach().amax(-1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf: -inf
+        product = torch.exp(init - top).unsqueeze(-2) @ product       # (*batch, 1, K)
+        log_scale = log_scale + top.unsqueeze(-1)
+    total = product.sum((-2, -1)).log()
+    return total + log_scale.squeeze(-1).squeeze(-1).to(total.dtype)
+
+
+def _rescaled(product, log_scale, floors, summed):
+    """``product`` divided by its per-matrix maximum, that maximum's log added to
+    ``log_scale`` (summed over the stack for a round), its smallest entry to ``floors``."""
+    top = product.detach().amax((-2, -1), keepdim=True)
+    product = product / top
+    floors.append(product.detach().amin())
+    top = top.log()
+    return product, log_scale + (top.sum(0, dtype=torch.float64) if summed else top)
+
+
+def _eager():
+    """Whether this runs eagerly: no JIT capture, dispatch or function mode, or compiler is
+    recording it (they cannot branch on a tensor's values)."""
+    return not (torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
+                or torch.compiler.is_compiling())
 
 
 def chain_product(steps, rounds, tail_kernel="broadcast"):
