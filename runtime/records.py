@@ -14,7 +14,7 @@ import torch
 def site_signature(site):
     """What about one site, if changed, may change the plan compiled for it."""
     fn = site["fn"]
-    return (site["name"], site["is_observed"], tuple(site["value"].shape), fn.has_rsample,
+    return (site["name"], site["is_observed"], site["value"].shape, fn.has_rsample,
             len(fn.event_shape), site["cond_indep_stack"], site["infer"].get("enumerate"))
 
 

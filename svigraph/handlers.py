@@ -216,11 +216,14 @@ class enum(Messenger):
 
     @property
     def plate_limit(self):
-        """The first enumeration dim of the program: plate dims must lie right of it."""
+        """The first enumeration dim of the program: plate dims must lie right of it (the
+        first handler's ``first_available_dim``, fixed when it is made)."""
         return self.after.plate_limit if self.after is not None else self.first_available_dim
 
     def _check_plates(self, msg):
-        limit = self.plate_limit
+        limit = self.__dict__.get("_plate_limit")
+        if limit is None:
+            limit = self._plate_limit = self.plate_limit
         for f in msg["cond_indep_stack"]:
             if f.dim is not None and f.dim <= limit:
                 nesting = -limit - 1

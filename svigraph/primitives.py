@@ -179,11 +179,14 @@ class plate(Messenger):
         self._indices = None
         self._counter = None
         self._scale = 1.0
+        self._frame = None       # this entry's Frame, the same for every site inside
+        self._batches = {}       # a site's batch shape -> the plate's broadcast of it
 
     # vectorized use
     def __enter__(self):
         self.dim = self._allocate_dim()
         self._indices = self._draw_indices()
+        self._frame, self._batches = None, {}
         super().__enter__()
         return self._indices
 
@@ -224,13 +227,15 @@ class plate(Messenger):
         if msg["type"] != "sample":
             return
         if self._counter is not None:  # sequential iteration
-            msg["cond_indep_stack"] += (Frame(self.name, self.size, self.subsample_size, None,
-                                              self._counter),)
+            msg["cond_indep_stack"] += (self._frame,)
             msg["scale"] = msg["scale"] * self._scale
             return
         if self.size is None:
             self._infer_size(msg)
-        msg["cond_indep_stack"] += (Frame(self.name, self.size, self.subsample_size, self.dim, None),)
+        frame = self._frame
+        if frame is None:
+            frame = self._frame = Frame(self.name, self.size, self.subsample_size, self.dim, None)
+        msg["cond_indep_stack"] += (frame,)
         msg["fn"] = self._broadcast(msg)
         if self._scale != 1.0:
             msg["scale"] = msg["scale"] * self._scale
@@ -244,15 +249,36 @@ class plate(Messenger):
         size = shape[self.dim] if len(shape) >= -self.dim else 1
         self.size = self.subsample_size = size
         self._indices = _full_indices(size)
+        self._batches = {}
 
     def _broadcast(self, msg):
+        fn = msg["fn"]
+        batch = self._batches.get(fn.batch_shape)
+        if batch is None:
+            batch = self._batches[fn.batch_shape] = self._broadcast_shape(msg)
+        if batch is _FITS:
+            return fn
+        if (msg["is_observed"] or msg["infer"].get("enumerate") == "parallel") \
+                and _recording_only():
+            expanded = _lazily_expanded(fn, batch)
+        else:
+            expanded = fn.expand(batch)
+        # The log density of an expanded distribution is the unexpanded one's, broadcast:
+        # runtime.terms computes it on the small one (a plate of N over a global
+        # Categorical would otherwise normalize N copies of its logits every step).
+        expanded.__dict__[UNEXPANDED] = fn.__dict__.get(UNEXPANDED, fn)
+        return expanded
+
+    def _broadcast_shape(self, msg):
+        """The batch shape of site ``msg`` broadcast to this plate, or ``_FITS`` when it
+        already has the plate's size at the plate's dim; raises when it cannot."""
         fn = msg["fn"]
         batch = list(fn.batch_shape)
         if len(batch) < -self.dim:
             batch = [1] * (-self.dim - len(batch)) + batch
         have = batch[self.dim]
         if have == self.subsample_size:
-            return fn
+            return _FITS
         if have != 1:
             raise PlateError(
                 f"site {msg['name']!r}: batch shape {tuple(fn.batch_shape)} has size {have} at "
@@ -265,17 +291,7 @@ class plate(Messenger):
                 site=msg["name"], plate=self.name,
                 shapes={"batch": tuple(fn.batch_shape), "plate": self.subsample_size})
         batch[self.dim] = self.subsample_size
-        batch = torch.Size(batch)
-        if (msg["is_observed"] or msg["infer"].get("enumerate") == "parallel") \
-                and _recording_only():
-            expanded = _lazily_expanded(fn, batch)
-        else:
-            expanded = fn.expand(batch)
-        # The log density of an expanded distribution is the unexpanded one's, broadcast:
-        # runtime.terms computes it on the small one (a plate of N over a global
-        # Categorical would otherwise normalize N copies of its logits every step).
-        expanded.__dict__[UNEXPANDED] = fn.__dict__.get(UNEXPANDED, fn)
-        return expanded
+        return torch.Size(batch)
 
     # sequential use
     def __iter__(self):
@@ -286,6 +302,7 @@ class plate(Messenger):
         indices = self._draw_indices()
         for counter, i in enumerate(indices.tolist()):
             self._counter = counter
+            self._frame = Frame(self.name, self.size, self.subsample_size, None, counter)
             effects._STACK.append(self)  # not self.__enter__: no dim, indices already drawn
             try:
                 yield i
@@ -293,6 +310,10 @@ class plate(Messenger):
                 if self in effects._STACK:
                     del effects._STACK[effects._STACK.index(self):]
         self._counter = None
+        self._frame = None
+
+
+_FITS = "fits"  # a batch shape the plate leaves as it is
 
 
 def _lazily_expanded(fn, batch):
@@ -357,11 +378,20 @@ class markov(Messenger):
             # Only enumeration handlers act on a step; telling them directly spares a
             # message through the whole stack at every iteration of a long chain.
             for handler in effects._STACK:
-                step = getattr(handler, "markov_step", None)
-                if step is not None:
-                    step(self, self.history)
+                if _has_markov_step(handler.__class__):
+                    handler.markov_step(self, self.history)
             with self:
                 yield item
+
+
+_MARKOV_STEPPERS = {}  # handler class -> whether it has a markov_step
+
+
+def _has_markov_step(cls):
+    has = _MARKOV_STEPPERS.get(cls)
+    if has is None:
+        has = _MARKOV_STEPPERS[cls] = hasattr(cls, "markov_step")
+    return has
 
 
 def set_rng_seed(seed):
