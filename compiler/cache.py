@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 
+import torch
+
 log = logging.getLogger("svigraph.compiler")
 
 
@@ -72,4 +74,6 @@ def _show(value):
         return "(" + ", ".join(
             f"{f.name}[{f.subsample_size}]" if f.size == f.subsample_size
             else f"{f.name}[{f.subsample_size}/{f.size}]" for f in value) + ")"
+    if isinstance(value, torch.Size):  # a shape prints as a tuple
+        return str(tuple(value))
     return str(value)

@@ -7,9 +7,9 @@ T. An odd element left over by a round is set aside and multiplied in, in order,
 The initial vector (the factors of x_0 alone) is added last, and both chain ends summed out.
 
 An eager step first tries the scaled chain (``scaled_chain_sum``): the steps are
-exponentiated once, each shifted by its own maximum, and the rounds are plain matmuls, each
-product divided by its maximum, the logs of the shifts summed on the side in float64. Three
-tensor operations a round instead of a dozen, and more accurate gradients. It holds every
+exponentiated once, each shifted by its own maximum, and the rounds are plain matrix
+products, each divided by its maximum, the logs of the shifts summed on the side in float64.
+A few tensor operations a round instead of a dozen, and more accurate gradients. It holds every
 entry in linear space, so it is used only when every entry of every intermediate lies
 within ``SCALED_FLOOR`` (about 69 nats) of its matrix's maximum: float32 then keeps its
 relative precision throughout. Otherwise (structural zeros, a step whose entries span more
@@ -64,42 +64,69 @@ def scaled_chain_sum(steps, init=None):
     ``steps`` M of shape (n, *batch, K, K) and ``init`` (*batch, K) (zeros when None), in
     linear space with per-matrix scales (see the module docstring); or None when some entry
     falls below ``SCALED_FLOOR`` of its matrix's maximum (or is nan), where only the
-    log-space rounds are exact. The scales are detached constants, so gradients are exact."""
-    if steps.shape[0] == 0 or steps.dtype not in (torch.float32, torch.float64):
+    log-space rounds are exact. The scales are detached constants, so gradients are exact.
+
+    The matrices are laid out (K, K, n, batch), so each round's products are elementwise
+    operations along the contiguous stack-and-batch dims: a batched ``matmul`` of thousands
+    of tiny matrices costs several times more, forward and backward."""
+    n, K = steps.shape[0], steps.shape[-1]
+    if n == 0 or steps.dtype not in (torch.float32, torch.float64):
         return None
+    batch = steps.shape[1:-2]
+    if init is not None and init.shape[:-1] != batch:  # broadcast both to the whole batch
+        batch = torch.broadcast_shapes(batch, init.shape[:-1])
+        steps, init = steps.expand((n,) + batch + (K, K)), init.expand(batch + (K,))
     shift = steps.detach().amax((-2, -1), keepdim=True)               # (n, *batch, 1, 1)
-    scaled = torch.exp(steps - shift)
-    log_scale = shift.sum(0, dtype=torch.float64)
+    scaled = torch.exp(steps - shift).reshape(n, -1, K, K).permute(2, 3, 0, 1).contiguous()
+    log_scale = shift.sum(0, dtype=torch.float64).reshape(1, 1, -1)   # (1, 1, batch)
     floors = [scaled.detach().amin()]
     leftovers = []
-    while scaled.shape[0] > 1:
-        n = scaled.shape[0]
-        if n % 2:
-            leftovers.append(scaled[n - 1])
+    while scaled.shape[2] > 1:
+        m = scaled.shape[2]
+        if m % 2:
+            leftovers.append(scaled[:, :, m - 1])
         scaled, log_scale = _rescaled(
-            torch.matmul(scaled[0:n - 1:2], scaled[1:n:2]), log_scale, floors, summed=True)
-    product = scaled[0]
+            _product(scaled[:, :, 0:m - 1:2], scaled[:, :, 1:m:2]), log_scale, floors)
+    product = scaled[:, :, 0]
     for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
-        product, log_scale = _rescaled(product @ tail, log_scale, floors, summed=False)
+        product, log_scale = _rescaled(_product(product, tail), log_scale, floors)
     if not bool(torch.stack(floors).min() > SCALED_FLOOR):
         return None
-    if init is not None:
+    if init is None:
+        total = product.sum((0, 1))
+    else:
         top = init.detach().amax(-1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf: -inf
-        product = torch.exp(init - top).unsqueeze(-2) @ product       # (*batch, 1, K)
-        log_scale = log_scale + top.unsqueeze(-1)
-    total = product.sum((-2, -1)).log()
-    return total + log_scale.squeeze(-1).squeeze(-1).to(total.dtype)
+        weights = torch.exp(init - top).reshape(-1, K).t()                 # (K, batch)
+        total = (weights.unsqueeze(1) * product).sum((0, 1))
+        log_scale = log_scale + top.reshape(1, 1, -1)
+    return (total.log() + log_scale.reshape(-1).to(total.dtype)).reshape(batch)
 
 
-def _rescaled(product, log_scale, floors, summed):
-    """``product`` divided by its per-matrix maximum, that maximum's log added to
-    ``log_scale`` (summed over the stack for a round), its smallest entry to ``floors``."""
-    top = product.detach().amax((-2, -1), keepdim=True)
+# A round's broadcast product holds K**3 times its matrices' entries: above this many, the
+# K products are summed one by one instead (less memory traffic at T = 10,000).
+_BROADCAST_PRODUCT = 2 ** 20
+
+
+def _product(a, b):
+    """The matrix products of (K, K, ...) stacks ``a`` and ``b``, batched over the rest."""
+    K = a.shape[1]
+    if K ** 3 * a[0, 0].numel() <= _BROADCAST_PRODUCT:
+        return (a.unsqueeze(2) * b.unsqueeze(0)).sum(1)
+    out = a[:, 0, None] * b[None, 0]
+    for j in range(1, K):
+        out = out + a[:, j, None] * b[None, j]
+    return out
+
+
+def _rescaled(product, log_scale, floors):
+    """``product`` divided by each matrix's maximum, that maximum's log added to
+    ``log_scale`` (summed over a round's stack), its smallest entry to ``floors``."""
+    top = product.detach().amax((0, 1), keepdim=True)
     product = product / top
     floors.append(product.detach().amin())
     top = top.log()
-    return product, log_scale + (top.sum(0, dtype=torch.float64) if summed else top)
+    return product, log_scale + (top.sum(2, dtype=torch.float64) if top.dim() == 4 else top)
 
 
 def _eager():

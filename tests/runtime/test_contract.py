@@ -289,6 +289,15 @@ def test_scaled_chain_sum_equals_the_exact_chain(n, with_init):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+def test_scaled_chain_sum_broadcasts_the_steps_and_the_initial_vector():
+    """Steps that broadcast along one batch dim and an initial vector along the other."""
+    gen = torch.Generator().manual_seed(3)
+    steps = torch.randn(5, 2, 1, 4, 4, generator=gen, dtype=torch.float64)
+    init = torch.randn(1, 3, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(scaled_chain_sum(steps, init), exact_chain_sum(steps, init),
+                               rtol=1e-12, atol=1e-12)
+
+
 def test_scaled_chain_sum_float32_gradients_beat_the_log_space_rounds():
     """1,000 float32 steps: the scaled chain's gradients are within 1e-5 of float64's (the
     log-space rounds' drift to ~1e-3), its value within 2e-6 relative."""
