@@ -20,6 +20,7 @@ class PlanCache:
 
     def __init__(self):
         self._plans = {}
+        self._last = None  # (key, plan) of the last hit
 
     def __len__(self):
         return len(self._plans)
@@ -28,13 +29,23 @@ class PlanCache:
         return key in self._plans
 
     def get(self, key):
-        return self._plans.get(key)
+        # A training loop asks for the same structure every step: comparing with the last
+        # hit skips hashing a key that holds every site (thousands, in a long chain).
+        last = self._last
+        if last is not None and last[0] == key:
+            return last[1]
+        plan = self._plans.get(key)
+        if plan is not None:
+            self._last = (key, plan)
+        return plan
 
     def put(self, key, plan):
         self._plans[key] = plan
+        self._last = None
 
     def clear(self):
         self._plans.clear()
+        self._last = None
 
     def explain_miss(self, key):
         if not self._plans:
