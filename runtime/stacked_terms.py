@@ -158,12 +158,12 @@ def _group_log_probs(group, sites):
             stacked.__dict__[key] = done[id(attr)]
             continue
         # stacked, then padded once (the sites' tensors share a shape): no view per site
-        rows = torch.stack([fn.__dict__[key] for fn in fns])
+        rows = _stack_rows([fn.__dict__[key] for fn in fns])
         if lead:
             rows = rows.reshape((n,) + lead + attr.shape)
         done[id(attr)] = stacked.__dict__[key] = rows
     stacked.__dict__["_batch_shape"] = torch.Size((n,) + lead + group.batch_shape)
-    values = torch.stack([site["value"] for site in sites])
+    values = _stack_rows([site["value"] for site in sites])
     if group.value_pad:
         values = values.reshape((n,) + (1,) * group.value_pad + values.shape[1:])
     log_prob = stacked.log_prob(values)
@@ -180,6 +180,16 @@ def _group_log_probs(group, sites):
     for i, lp in enumerate(log_probs):  # a scan stacking these again takes the stack itself
         lp.__dict__[STACKED] = (log_prob, i, group.out_shape)
     return log_probs
+
+
+def _stack_rows(tensors):
+    """``torch.stack(tensors)``; a broadcast view when they are all one tensor (the shared
+    support of every site enumerated at one dim, a table every site reads whole)."""
+    first = tensors[0]
+    for t in tensors:
+        if t is not first:
+            return torch.stack(tensors)
+    return first.unsqueeze(0).expand((len(tensors),) + first.shape)
 
 
 # a log density's attribute when it is row i of a stacked one: (stacked, i, expanded shape)

@@ -223,3 +223,15 @@ def test_restack_only_takes_consecutive_rows_of_one_stack():
     for i, row in enumerate(expanded):
         row.__dict__[stacked_terms.STACKED] = (base, i, (2, 3))
     assert torch.equal(stacked_terms.restack(expanded), torch.stack(expanded))
+
+
+def test_rows_that_are_one_tensor_are_broadcast_not_copied():
+    """Every site enumerated at one dim shares its support tensor: the stack is a view of
+    it (stride 0 along the sites), equal to torch.stack; distinct rows are stacked."""
+    shared = torch.arange(3.0).reshape(3, 1)
+    rows = stacked_terms._stack_rows([shared] * 4)
+    assert rows.stride(0) == 0 and rows.data_ptr() == shared.data_ptr()
+    assert torch.equal(rows, torch.stack([shared] * 4))
+    distinct = [shared, shared.clone()]
+    assert torch.equal(stacked_terms._stack_rows(distinct), torch.stack(distinct))
+    assert stacked_terms._stack_rows(distinct).stride(0) != 0
