@@ -78,8 +78,10 @@ def scaled_chain_sum(steps, init=None):
         steps, init = steps.expand((n,) + batch + (K, K)), init.expand(batch + (K,))
     shift = steps.detach().amax((-2, -1), keepdim=True)               # (n, *batch, 1, 1)
     scaled = torch.exp(steps - shift).reshape(n, -1, K, K).permute(2, 3, 0, 1).contiguous()
+    if not bool(scaled.detach().amin() > SCALED_FLOOR):
+        return None  # the steps themselves span too much: no rounds spent finding out
     log_scale = shift.sum(0, dtype=torch.float64).reshape(1, 1, -1)   # (1, 1, batch)
-    floors = [scaled.detach().amin()]
+    floors = []
     leftovers = []
     while scaled.shape[2] > 1:
         m = scaled.shape[2]
@@ -90,7 +92,7 @@ def scaled_chain_sum(steps, init=None):
     product = scaled[:, :, 0]
     for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
         product, log_scale = _rescaled(_product(product, tail), log_scale, floors)
-    if not bool(torch.stack(floors).min() > SCALED_FLOOR):
+    if floors and not bool(torch.stack(floors).min() > SCALED_FLOOR):
         return None
     if init is None:
         total = product.sum((0, 1))

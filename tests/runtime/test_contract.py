@@ -328,6 +328,13 @@ def test_scaled_chain_sum_declines_where_linear_space_would_lose_precision(spoil
     assert scaled_chain_sum(steps) is None
 
 
+def test_scaled_chain_sum_declines_a_product_that_spans_too_much():
+    """Each step spans 65 nats (within the floor), their product 130: None."""
+    step = torch.tensor([[0.0, -65.0], [-65.0, -65.0]])
+    assert scaled_chain_sum(step.expand(1, 2, 2)) is not None
+    assert scaled_chain_sum(step.expand(2, 2, 2)) is None
+
+
 def random_chain(T, K=3, S=4, dtype=torch.float64, seed=0, flip=True, global_var=False,
                  nested=False):
     """An HMM-like chain inside plate s (size S), with optional extras, and its tensors.
