@@ -25,6 +25,7 @@ log space, so a 10,000-step chain stays finite in float32.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import lru_cache
 
 import torch
@@ -133,9 +134,24 @@ def _rescaled(product, log_scale, floors):
 
 def _eager():
     """Whether this runs eagerly: no JIT capture, dispatch or function mode, or compiler is
-    recording it (they cannot branch on a tensor's values)."""
-    return not (torch._C._len_torch_dispatch_stack() or torch._C._len_torch_function_stack()
-                or torch.compiler.is_compiling())
+    recording it (they cannot branch on a tensor's values), and no ``log_space_rounds``."""
+    return not (_LOG_SPACE_ONLY or torch._C._len_torch_dispatch_stack()
+                or torch._C._len_torch_function_stack() or torch.compiler.is_compiling())
+
+
+_LOG_SPACE_ONLY = []  # one entry per active log_space_rounds
+
+
+@contextmanager
+def log_space_rounds():
+    """Scans inside run their planned log-space rounds only, as a captured step does: an
+    eager run that a capture's replay is compared with must compute what the capture does
+    (at T = 10,000 the two differ by float32 rounding beyond a replay check's tolerance)."""
+    _LOG_SPACE_ONLY.append(True)
+    try:
+        yield
+    finally:
+        _LOG_SPACE_ONLY.pop()
 
 
 def chain_product(steps, rounds, tail_kernel="broadcast"):

@@ -63,6 +63,7 @@ from runtime.capture import (BACKENDS, CapturedStep, CaptureRefused, Precomputed
                              fresh_outputs, simplify)
 from runtime.executor import run_plan
 from runtime.records import structure_key, args_signature
+from runtime.scan import log_space_rounds
 from svigraph.effects import Messenger
 from svigraph.infer.trace_elbo import Trace_ELBO, TraceGraph_ELBO
 from svigraph.infer.traceenum_elbo import TraceEnum_ELBO
@@ -478,7 +479,8 @@ class _JitELBO:
         recorded = count_ops(graph)
         simplify(graph)
         torch.set_rng_state(rng)
-        eager = fn(*real)
+        with log_space_rounds():  # the capture's own arithmetic, so that the check is exact
+            eager = fn(*real)
         torch.set_rng_state(rng)
         step = CapturedStep(graph, graph, "forward", count_ops(graph),
                             note=f"{recorded} recorded")

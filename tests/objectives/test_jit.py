@@ -581,6 +581,29 @@ def test_forward_backend_equals_eager(case, float64):
 FORWARD = {"backend": "forward"}
 
 
+def test_forward_capture_is_checked_against_log_space_scans(monkeypatch):
+    """Eager steps may run an HMM's scan in rescaled linear space, a capture cannot (it
+    cannot branch on values): the eager run the replay is checked against runs the capture's
+    log-space rounds. Here the linear-space result is 1% off, loss and gradients (standing
+    in for float32 rounding at T = 10,000, beyond the check's tolerance), and the capture is
+    still made."""
+    import runtime.scan
+
+    exact = runtime.scan.scaled_chain_sum
+    calls = []
+
+    def off(steps, init=None):
+        result = exact(steps, init)
+        calls.append(result is not None)
+        return None if result is None else result * 1.01
+
+    monkeypatch.setattr(runtime.scan, "scaled_chain_sum", off)
+    elbo = JitTraceEnum_ELBO(max_plate_nesting=1, jit_options=FORWARD)
+    run_steps(elbo, hmm_model, no_guide, (HMM_DATA,), steps=3)
+    assert calls and all(calls)  # the eager step did take the linear-space path
+    assert captured(elbo).startswith("captured the forward pass: "), captured(elbo)
+
+
 def normal_score_guide(data):
     loc = sg.param("loc", torch.tensor(0.0))
     scale = sg.param("scale", torch.tensor(1.0), constraint=positive)
