@@ -26,7 +26,7 @@ import opt_einsum
 import torch
 
 from compiler.errors import EnumerationError, ShapeMismatchError
-from runtime.scan import log_of_product, run_scan
+from runtime.scan import finite_shift, log_of_product, run_scan
 
 _PROGRAMS = weakref.WeakKeyDictionary()
 
@@ -295,7 +295,7 @@ def _einsum_kernel(equation, inputs, out, size, shapes):
             peak = tensor.detach()
             if axes:
                 peak = peak.amax(dim=axes, keepdim=True)
-            peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+            peak = finite_shift(peak)
             exps.append(torch.exp(tensor - peak))
             shift = shift + peak.reshape(kept_shape).permute(perm).reshape(view)
         return log_of_product(expression(*exps)) + shift

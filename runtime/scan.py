@@ -89,17 +89,18 @@ def scaled_chain_sum(steps, init=None):
         if m % 2:
             leftovers.append(scaled[:, :, m - 1])
         scaled, log_scale = _rescaled(
-            _product(scaled[:, :, 0:m - 1:2], scaled[:, :, 1:m:2]), log_scale, floors)
+            _product(scaled[:, :, 0:m - 1:2], scaled[:, :, 1:m:2]), log_scale, floors,
+            stacked=True)
     product = scaled[:, :, 0]
     for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
-        product, log_scale = _rescaled(_product(product, tail), log_scale, floors)
+        product, log_scale = _rescaled(_product(product, tail), log_scale, floors,
+                                       stacked=False)
     if floors and not bool(torch.stack(floors).min() > SCALED_FLOOR):
         return None
     if init is None:
         total = product.sum((0, 1))
     else:
-        top = init.detach().amax(-1, keepdim=True)
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # all -inf: -inf
+        top = finite_shift(init.detach().amax(-1, keepdim=True))  # all -inf: total -inf
         weights = torch.exp(init - top).reshape(-1, K).t()                 # (K, batch)
         total = (weights.unsqueeze(1) * product).sum((0, 1))
         log_scale = log_scale + top.reshape(1, 1, -1)
@@ -122,14 +123,15 @@ def _product(a, b):
     return out
 
 
-def _rescaled(product, log_scale, floors):
+def _rescaled(product, log_scale, floors, stacked):
     """``product`` divided by each matrix's maximum, that maximum's log added to
-    ``log_scale`` (summed over a round's stack), its smallest entry to ``floors``."""
+    ``log_scale`` (summed over the stack dim of a round's products when ``stacked``), its
+    smallest entry to ``floors``."""
     top = product.detach().amax((0, 1), keepdim=True)
     product = product / top
     floors.append(product.detach().amin())
     top = top.log()
-    return product, log_scale + (top.sum(2, dtype=torch.float64) if top.dim() == 4 else top)
+    return product, log_scale + (top.sum(2, dtype=torch.float64) if stacked else top)
 
 
 def _eager():
@@ -178,9 +180,14 @@ def log_matmul(a, b, kernel="broadcast"):
         return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
     row = a.detach().amax(-1, keepdim=True)
     col = b.detach().amax(-2, keepdim=True)
-    row = torch.where(torch.isfinite(row), row, torch.zeros_like(row))
-    col = torch.where(torch.isfinite(col), col, torch.zeros_like(col))
+    row, col = finite_shift(row), finite_shift(col)
     return log_of_product(torch.matmul(torch.exp(a - row), torch.exp(b - col))) + row + col
+
+
+def finite_shift(peak):
+    """A max-shift with its infinite entries (a slice that is all -inf) replaced by 0, so
+    that subtracting it leaves -inf there, not nan."""
+    return torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
 
 
 def log_of_product(x):

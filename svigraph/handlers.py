@@ -184,6 +184,7 @@ class enum(Messenger):
                              "-max_plate_nesting - 1")
         self.first_available_dim = first_available_dim
         self.after = after
+        self._plate_limit = self.plate_limit  # fixed: read for every site in a plate
         self.names = set()   # sample sites seen this run
         self._reset()
 
@@ -221,9 +222,7 @@ class enum(Messenger):
         return self.after.plate_limit if self.after is not None else self.first_available_dim
 
     def _check_plates(self, msg):
-        limit = self.__dict__.get("_plate_limit")
-        if limit is None:
-            limit = self._plate_limit = self.plate_limit
+        limit = self._plate_limit
         for f in msg["cond_indep_stack"]:
             if f.dim is not None and f.dim <= limit:
                 nesting = -limit - 1

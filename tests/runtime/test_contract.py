@@ -298,6 +298,18 @@ def test_scaled_chain_sum_broadcasts_the_steps_and_the_initial_vector():
                                rtol=1e-12, atol=1e-12)
 
 
+def test_scaled_chain_sum_of_an_impossible_start_is_minus_infinity():
+    """A batch entry whose initial vector is all -inf sums to -inf, as the log-space rounds
+    give, not nan; the other entries are unaffected."""
+    gen = torch.Generator().manual_seed(4)
+    steps = torch.randn(6, 2, 3, 3, generator=gen, dtype=torch.float64)
+    init = torch.randn(2, 3, generator=gen, dtype=torch.float64)
+    init[1] = -math.inf
+    got = scaled_chain_sum(steps, init)
+    assert got[1] == -math.inf
+    torch.testing.assert_close(got, exact_chain_sum(steps, init), rtol=1e-12, atol=1e-12)
+
+
 def test_scaled_chain_sum_float32_gradients_beat_the_log_space_rounds():
     """1,000 float32 steps: the scaled chain's gradients are within 1e-5 of float64's (the
     log-space rounds' drift to ~1e-3), its value within 2e-6 relative."""
