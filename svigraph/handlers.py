@@ -243,9 +243,14 @@ class enum(Messenger):
                                                             "first_enum_dim": limit})
 
     def process_message(self, msg):
-        if msg["type"] == "sample" and msg["cond_indep_stack"]:
-            self._check_plates(msg)
-        if (msg["type"] != "sample" or msg["is_observed"] or msg["value"] is not None
+        if msg["type"] == "sample":
+            if msg["cond_indep_stack"]:
+                self._check_plates(msg)
+            self._enumerate_site(msg)
+
+    def _enumerate_site(self, msg):
+        """Enumerate sample site ``msg`` if it asks for it (its plates checked already)."""
+        if (msg["is_observed"] or msg["value"] is not None
                 or msg["infer"].get("enumerate") != "parallel"
                 or (self.after is not None and msg["name"] in self.after.names)):
             return
@@ -345,3 +350,4 @@ class config_enumerate(Messenger):
 
 # enumeration sets values and reads shapes only: recording under it may expand lazily
 primitives.RECORDING_HANDLERS.update((enum, sequential_choice))
+primitives._ENUM[0] = enum

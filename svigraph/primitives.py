@@ -32,12 +32,72 @@ def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
             f"site {name!r}: obs_mask (partly observed sites) is not supported yet; split the "
             "site into an observed and a latent site, or mask the observed part with "
             ".mask(...)")
-    if not effects._STACK:  # the lean path: no handler, just a draw
+    stack = effects._STACK
+    if not stack:  # the lean path: no handler, just a draw
         if obs is not None:
             return obs
         return fn.rsample() if fn.has_rsample else fn.sample()
+    if stack[0].__class__ is Recorder:
+        msg = _recorded(stack, name, fn, obs, infer)
+        if msg is not None:
+            return msg["value"]
     msg = new_message("sample", name, fn, obs, is_observed=obs is not None, infer=infer)
     return apply_stack(msg)["value"]
+
+
+def _recorded(stack, name, fn, obs, infer):
+    """The message of a sample site recorded by svigraph's own step, when the handler stack
+    is the Recorder, optionally one ``enum`` right above it, and plates and markov contexts
+    (a training step's whole stack): what ``apply_stack`` would leave, in one pass, without
+    a call per handler and phase. None when anything else is active, or when a plate meets
+    a batch shape it has not broadcast yet (``apply_stack`` then works it out, and raises
+    the named error where there is one)."""
+    enumerator, frames, scale, n = None, (), 1.0, len(stack)
+    for i in range(n - 1, 0, -1):  # innermost first, as process_message runs
+        h = stack[i]
+        cls = h.__class__
+        if cls is plate:
+            if h._counter is not None:  # sequential: a frame and a scale, nothing to broadcast
+                frames += (h._frame,)
+                scale = scale * h._scale
+                continue
+            frame, batch = h._frame, _BROADCASTS.get((fn.batch_shape, h.dim, h.subsample_size))
+            if frame is None or batch is None:
+                return None
+            frames += (frame,)
+            if batch is not _FITS:
+                fn = _broadcast_to(fn, batch, obs is not None or
+                                   (infer is not None and infer.get("enumerate") == "parallel"))
+            if h._scale != 1.0:
+                scale = scale * h._scale
+        elif cls is _ENUM[0] and i == 1:
+            enumerator = h
+        elif cls is not markov:
+            return None
+    msg = {"type": "sample", "name": name, "fn": fn, "args": (), "value": obs,
+           "is_observed": obs is not None, "infer": infer if infer is not None else {},
+           "scale": scale, "mask": None, "cond_indep_stack": frames, "stop": False}
+    if enumerator is not None:
+        limit = enumerator._plate_limit
+        for f in frames:
+            if f.dim is not None and f.dim <= limit:
+                return None  # a plate where enumeration's dims are: enum's error says so
+        enumerator._enumerate_site(msg)
+    recorder = stack[0]
+    recorder.process_message(msg)
+    effects.default_process(msg)
+    recorder.postprocess_message(msg)
+    if enumerator is not None:
+        enumerator.postprocess_message(msg)
+    return msg
+
+
+def _broadcast_to(fn, batch, lazily):
+    """``plate._broadcast`` of a recorded site: lazily for a site whose value is given or
+    enumerated (see ``_lazily_expanded``), else expanded."""
+    expanded = _lazily_expanded(fn, batch) if lazily else fn.expand(batch)
+    expanded.__dict__[UNEXPANDED] = fn.__dict__.get(UNEXPANDED, fn)
+    return expanded
 
 
 def param(name, init=None, constraint=torch.distributions.constraints.real, event_dim=None):
@@ -180,13 +240,13 @@ class plate(Messenger):
         self._counter = None
         self._scale = 1.0
         self._frame = None       # this entry's Frame, the same for every site inside
-        self._batches = {}       # a site's batch shape -> the plate's broadcast of it
 
     # vectorized use
     def __enter__(self):
         self.dim = self._allocate_dim()
         self._indices = self._draw_indices()
-        self._frame, self._batches = None, {}
+        self._frame = None if self.size is None else \
+            Frame(self.name, self.size, self.subsample_size, self.dim, None)
         super().__enter__()
         return self._indices
 
@@ -249,25 +309,23 @@ class plate(Messenger):
         size = shape[self.dim] if len(shape) >= -self.dim else 1
         self.size = self.subsample_size = size
         self._indices = _full_indices(size)
-        self._batches = {}
 
     def _broadcast(self, msg):
         fn = msg["fn"]
-        batch = self._batches.get(fn.batch_shape)
+        key = (fn.batch_shape, self.dim, self.subsample_size)
+        batch = _BROADCASTS.get(key)
         if batch is None:
-            batch = self._batches[fn.batch_shape] = self._broadcast_shape(msg)
+            batch = self._broadcast_shape(msg)
+            if len(_BROADCASTS) >= 4096:  # bounded: shapes, dims and sizes
+                _BROADCASTS.clear()
+            _BROADCASTS[key] = batch
         if batch is _FITS:
             return fn
-        if (msg["is_observed"] or msg["infer"].get("enumerate") == "parallel") \
-                and _recording_only():
-            expanded = _lazily_expanded(fn, batch)
-        else:
-            expanded = fn.expand(batch)
         # The log density of an expanded distribution is the unexpanded one's, broadcast:
         # runtime.terms computes it on the small one (a plate of N over a global
         # Categorical would otherwise normalize N copies of its logits every step).
-        expanded.__dict__[UNEXPANDED] = fn.__dict__.get(UNEXPANDED, fn)
-        return expanded
+        return _broadcast_to(fn, batch, (msg["is_observed"] or msg["infer"].get("enumerate")
+                                         == "parallel") and _recording_only())
 
     def _broadcast_shape(self, msg):
         """The batch shape of site ``msg`` broadcast to this plate, or ``_FITS`` when it
@@ -314,6 +372,8 @@ class plate(Messenger):
 
 
 _FITS = "fits"  # a batch shape the plate leaves as it is
+# (batch shape, plate dim, plate subsample size) -> the broadcast batch shape, or _FITS
+_BROADCASTS = {}
 
 
 def _lazily_expanded(fn, batch):
@@ -336,6 +396,7 @@ def _lazily_expanded(fn, batch):
 # handlers.py adds enumeration's. Any other handler (a user's trace, condition, scale...)
 # may read a distribution's parameters, so plates then expand them.
 RECORDING_HANDLERS = set()
+_ENUM = [None]  # handlers.enum, set there (it imports this module)
 
 
 def _recording_only():
@@ -377,11 +438,16 @@ class markov(Messenger):
         for item in self._iterable:
             # Only enumeration handlers act on a step; telling them directly spares a
             # message through the whole stack at every iteration of a long chain.
-            for handler in effects._STACK:
-                if _has_markov_step(handler.__class__):
+            stack = effects._STACK
+            for handler in stack:
+                if _MARKOV_STEPPERS.get(handler.__class__) or _has_markov_step(handler.__class__):
                     handler.markov_step(self, self.history)
-            with self:
+            stack.append(self)  # as ``with self``, without its two calls per step
+            try:
                 yield item
+            finally:
+                if self in stack:
+                    del stack[stack.index(self):]
 
 
 _MARKOV_STEPPERS = {}  # handler class -> whether it has a markov_step

@@ -188,6 +188,7 @@ def test_unchecked_step_equals_checked_step(case, monkeypatch):
         return real_shape_check(fn, value)
 
     monkeypatch.setattr(elbo_module, "_check_sample_shape", counting_shape_check)
+    elbo_module._SHAPES_CHECKED.clear()  # shapes that passed are not checked again: forget
     fast_loss, fast_grads = _loss_and_grads(warm, model, guide, args, seed=7)
     assert CHECKS == [False], "the warm objective did not take the unchecked path"
     assert len(checked_values) == 1, checked_values  # the observed site, nothing else
@@ -730,3 +731,101 @@ def test_step_returns_the_float_its_finite_check_read():
     assert value == float(loss.detach()) and elbo.loss_value(loss) == value
     other = loss.detach() + 1.0
     assert elbo.loss_value(other) == float(other)
+
+
+# ---- one-pass recording of sample sites ---------------------------------------------------
+def nested_plates_model(x):
+    scale = sg.sample("scale", dist.Gamma(2.0, 2.0))
+    with sg.plate("groups", 3, dim=-2):
+        mu = sg.sample("mu", dist.Normal(0.0, 1.0))
+        with sg.plate("items", 8, subsample_size=4, dim=-1) as idx:
+            sg.sample("y", dist.Normal(mu, scale), obs=x[:, idx])
+    for i in sg.plate("loop", 2):
+        with sg.plate("inner", 3):
+            sg.sample(f"w{i}", dist.Bernoulli(0.3), obs=torch.ones(3))
+
+
+def nested_plates_guide(x):
+    a = sg.param("a", torch.tensor(1.5), constraint=positive)
+    sg.sample("scale", dist.Gamma(a, 2.0))
+    with sg.plate("groups", 3, dim=-2):
+        sg.sample("mu", dist.Normal(torch.zeros(3, 1), 1.0))
+
+
+RECORD_CASES = {
+    "hmm-markov-enum": (hmm_model, no_guide, 2, lambda: (torch.randn(6, 3),)),
+    "mixture-enum": (enum_model, locs_guide, 2, lambda: (torch.tensor([-2.0, 0.1, 2.5]),)),
+    "nested-subsampled-sequential": (nested_plates_model, nested_plates_guide, None,
+                                     lambda: (torch.randn(3, 8),)),
+}
+
+
+def _records(model, guide, args, plates):
+    from svigraph.handlers import enum
+    from svigraph.recording import record
+    if plates is not None:
+        guide = enum(guide, first_available_dim=-plates - 1)
+        model = enum(model, after=guide)
+    torch.manual_seed(3)
+    guide_rec, model_rec = record(model, guide, args, {})
+    return {**{("guide", n): s for n, s in guide_rec.sites.items()},
+            **{("model", n): s for n, s in model_rec.sites.items()}}
+
+
+@pytest.mark.parametrize("case", sorted(RECORD_CASES))
+def test_one_pass_recording_equals_the_handler_stack(case, monkeypatch):
+    """A site recorded in one pass (``primitives._recorded``) holds what ``apply_stack``
+    through every handler leaves: same keys, values, frames, scales, enumeration dims and
+    distributions (class, batch shape, lazy expansion, parameters)."""
+    from runtime.terms import LAZY_EXPANDED, UNEXPANDED
+    model, guide, plates, make_args = RECORD_CASES[case]
+    args = make_args()
+    real, fast = primitives._recorded, []
+
+    def counted(*a):
+        msg = real(*a)
+        fast.append(msg is not None)
+        return msg
+
+    monkeypatch.setattr(primitives, "_recorded", counted)
+    _records(model, guide, args, plates)  # the plates' broadcasts are known from here on
+    fast.clear()
+    one_pass = _records(model, guide, args, plates)
+    taken = sum(fast)
+    monkeypatch.setattr(primitives, "_recorded", lambda *a: None)
+    stacked = _records(model, guide, args, plates)
+    assert taken == len(one_pass)  # every site took the one pass
+    assert one_pass.keys() == stacked.keys()
+    for key, site in one_pass.items():
+        other = stacked[key]
+        assert site.keys() == other.keys(), key
+        for field in ("type", "is_observed", "infer", "scale", "mask", "cond_indep_stack",
+                      "stop", "args"):
+            assert site[field] == other[field], (key, field)
+        assert site.get("enum_dim") == other.get("enum_dim"), key
+        assert torch.equal(site["value"], other["value"]), key
+        fn, ref = site["fn"], other["fn"]
+        assert type(fn) is type(ref) and fn.batch_shape == ref.batch_shape, key
+        assert fn.__dict__.keys() == ref.__dict__.keys(), key
+        assert (LAZY_EXPANDED in fn.__dict__) == (LAZY_EXPANDED in ref.__dict__), key
+        base, ref_base = fn.__dict__.get(UNEXPANDED, fn), ref.__dict__.get(UNEXPANDED, ref)
+        for name in ("loc", "scale", "probs", "logits", "concentration", "rate"):
+            if name in base.__dict__ or hasattr(type(base), name):
+                try:
+                    mine, theirs = getattr(base, name), getattr(ref_base, name)
+                except (AttributeError, NotImplementedError):
+                    continue
+                assert torch.equal(mine, theirs), (key, name)
+
+
+def test_one_pass_recording_leaves_errors_to_the_handler_stack():
+    """A plate clash the one pass meets falls to ``apply_stack``, which names it."""
+    from svigraph.errors import PlateError
+
+    def model(x):
+        with sg.plate("data", 4):
+            sg.sample("x", dist.Normal(torch.zeros(4), 1.0), obs=x)
+            sg.sample("y", dist.Normal(torch.zeros(5), 1.0), obs=torch.zeros(5))
+
+    with pytest.raises(PlateError, match="'y'.*size 5"):
+        _records(model, no_guide, (torch.zeros(4),), None)
