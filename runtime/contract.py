@@ -129,12 +129,12 @@ def _bind(plan, tensors, raw=frozenset()):
         tensors = {p.name: t for p, t in zip(plan.inputs, tensors)}
     env = {}
     for spec in plan.inputs:
-        if spec.name not in tensors:
+        tensor = tensors.get(spec.name)
+        if tensor is None:
             raise ShapeMismatchError(f"no tensor was given for factor {spec.name!r}",
                                      [f"given: {sorted(tensors)}"],
                                      "pass a tensor for every planned factor", site=spec.name)
-        tensor = tensors[spec.name]
-        if tuple(tensor.shape) != spec.source_shape:
+        if tensor.shape != spec.source_shape:  # (a torch.Size equals a tuple of its sizes)
             raise ShapeMismatchError(
                 f"factor {spec.name!r} has shape {tuple(tensor.shape)}, planned "
                 f"{spec.source_shape}", [f"dims {spec.dims}"],

@@ -179,9 +179,11 @@ def _log_marginal(plan, records, scaled, stacked):
     tensors, factor_scales = {}, None
     for term, key in zip(plan.enum_terms, layout.keys):
         site = model[term.site]
-        lp = planned.get(key)
+        lp = planned.get(key) if planned else None
         if lp is None:
-            lp = masked_log_prob(site, "model", stacked.get(("model", term.site)))
+            lp = stacked.get(term.key)  # (the term's key is ("model", site))
+            if lp is None or site["mask"] is not None:
+                lp = masked_log_prob(site, "model", lp)
         tensors[key] = scaled[term.key] = lp
         scale = site["scale"]
         if not (scale.__class__ is float and scale == 1.0):

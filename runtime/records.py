@@ -14,8 +14,12 @@ import torch
 def site_signature(site):
     """What about one site, if changed, may change the plan compiled for it."""
     fn = site["fn"]
-    return (site["name"], site["is_observed"], site["value"].shape, fn.has_rsample,
-            len(fn.event_shape), site["cond_indep_stack"], site["infer"].get("enumerate"))
+    # whether a site can be reparameterized matters only where its value is drawn (not
+    # observed, not enumerated); reading it costs a property call per site and step
+    drawn = not site["is_observed"] and "enum_dim" not in site
+    return (site["name"], site["is_observed"], site["value"].shape,
+            fn.has_rsample if drawn else None, len(fn.event_shape), site["cond_indep_stack"],
+            site["infer"].get("enumerate"))
 
 
 def structure_key(guide_records, model_records, args_key=()):

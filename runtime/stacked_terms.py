@@ -139,12 +139,14 @@ def _plan_groups(records, names):
 
 def _group_log_probs(group, sites):
     """The group's log densities, one per site, or None when a site no longer fits."""
-    fns = [_base(site["fn"]) for site in sites]
+    fns = [site["fn"] for site in sites]
+    fns = [fn.__dict__.get(UNEXPANDED, fn) for fn in fns]  # (``_base``, inlined)
     first = fns[0]
     keys, checks = first.__dict__.keys(), first.__dict__.get("_validate_args")
+    cls, batch, event = group.cls, group.batch_shape, group.event_shape
     for fn in fns:  # the structure key does not fix these: a later step may differ
-        if (fn.__class__ is not group.cls or fn.__dict__.keys() != keys
-                or fn._batch_shape != group.batch_shape or fn._event_shape != group.event_shape
+        if (fn.__class__ is not cls or fn.__dict__.keys() != keys
+                or fn._batch_shape != batch or fn._event_shape != event
                 or fn.__dict__.get("_validate_args") != checks):
             return None
     stacked = first.__class__.__new__(first.__class__)

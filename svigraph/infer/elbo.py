@@ -97,13 +97,17 @@ def check_observed_support(model_sites):
     for site in model_sites.values():
         if site["is_observed"]:
             fn = site["fn"]
-            if fn.__class__ is _Factor:
+            cls = fn.__class__
+            if cls is _Factor:
                 continue
-            if getattr(fn.__class__, "support", None) is _REAL:
+            if _REAL_SUPPORT.get(cls) or _real_support(cls):
                 # every float is in the real line but nan, and a nan observation makes the
                 # loss nan, which replays the step with checks on (naming the site): only
                 # the shape needs checking here, which costs no tensor operation
-                _check_sample_shape(fn, site["value"])
+                value = site["value"]
+                if (value.__class__, getattr(value, "shape", None), fn._batch_shape,
+                        fn._event_shape) not in _SHAPES_CHECKED:
+                    _check_sample_shape(fn, value)
             elif _support_checked_before(fn, site["value"]):
                 _check_sample_shape(fn, site["value"])  # its values passed already
             else:
@@ -112,6 +116,16 @@ def check_observed_support(model_sites):
 
 
 _REAL = torch.distributions.constraints.real
+_REAL_SUPPORT = {}  # distribution class -> whether its support is the (fixed) real line
+
+
+def _real_support(cls):
+    real = _REAL_SUPPORT[cls] = getattr(cls, "support", None) is _REAL
+    return real
+
+
+# (value type, value shape, batch shape, event shape) that passed ``_check_sample_shape``
+_SHAPES_CHECKED = set()
 
 # Observed values whose support check passed, with their support's key. Data is usually the
 # same tensor every step; a hit skips the elementwise check (four tensor ops and a sync) and
@@ -167,6 +181,9 @@ def _check_sample_shape(fn, value):
     if broadcast_shape(tuple(shape), tuple(expected)) is None:
         raise ValueError(f"Value is not broadcastable with batch_shape+event_shape: "
                          f"{shape} vs {expected}.")
+    if len(_SHAPES_CHECKED) >= 4096:  # bounded: shapes seen
+        _SHAPES_CHECKED.clear()
+    _SHAPES_CHECKED.add((value.__class__, shape, fn._batch_shape, fn._event_shape))
 
 
 class _PlanRunner:
