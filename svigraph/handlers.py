@@ -350,4 +350,4 @@ class config_enumerate(Messenger):
 
 # enumeration sets values and reads shapes only: recording under it may expand lazily
 primitives.RECORDING_HANDLERS.update((enum, sequential_choice))
-primitives._ENUM[0] = enum
+primitives._ENUMERATORS[:] = [enum, sequential_choice]

@@ -47,21 +47,25 @@ def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
 
 def _recorded(stack, name, fn, obs, infer):
     """The message of a sample site recorded by svigraph's own step, when the handler stack
-    is the Recorder, optionally one ``enum`` right above it, and plates and markov contexts
-    (a training step's whole stack): what ``apply_stack`` would leave, in one pass, without
-    a call per handler and phase. None when anything else is active, or when a plate meets
-    a batch shape it has not broadcast yet (``apply_stack`` then works it out, and raises
-    the named error where there is one)."""
-    enumerator, frames, scale, n = None, (), 1.0, len(stack)
-    for i in range(n - 1, 0, -1):  # innermost first, as process_message runs
+    is the Recorder, then enumeration handlers (``enum``, ``sequential_choice``), then
+    plates and markov contexts (a training step's whole stack): what ``apply_stack`` would
+    leave, in one pass, with no call per handler and phase for plates and markov. None when
+    anything else is active (or a plate sits outside an enumeration handler), or when a
+    plate meets a batch shape it has not broadcast yet (``apply_stack`` then works it out,
+    and raises the named error where there is one)."""
+    handlers, frames, scale = [], (), 1.0  # enumeration handlers, innermost first
+    for i in range(len(stack) - 1, 0, -1):  # innermost first, as process_message runs
         h = stack[i]
         cls = h.__class__
         if cls is plate:
+            if handlers:  # a plate outside an enumeration handler: that order matters
+                return None
             if h._counter is not None:  # sequential: a frame and a scale, nothing to broadcast
                 frames += (h._frame,)
                 scale = scale * h._scale
                 continue
-            frame, batch = h._frame, _BROADCASTS.get((fn.batch_shape, h.dim, h.subsample_size))
+            frame = h._frame
+            batch = _BROADCASTS.get((fn.batch_shape, h.dim, h.subsample_size))
             if frame is None or batch is None:
                 return None
             frames += (frame,)
@@ -70,25 +74,28 @@ def _recorded(stack, name, fn, obs, infer):
                                    (infer is not None and infer.get("enumerate") == "parallel"))
             if h._scale != 1.0:
                 scale = scale * h._scale
-        elif cls is _ENUM[0] and i == 1:
-            enumerator = h
+        elif cls in _ENUMERATORS:
+            handlers.append(h)
         elif cls is not markov:
             return None
     msg = {"type": "sample", "name": name, "fn": fn, "args": (), "value": obs,
            "is_observed": obs is not None, "infer": infer if infer is not None else {},
            "scale": scale, "mask": None, "cond_indep_stack": frames, "stop": False}
-    if enumerator is not None:
-        limit = enumerator._plate_limit
-        for f in frames:
-            if f.dim is not None and f.dim <= limit:
-                return None  # a plate where enumeration's dims are: enum's error says so
-        enumerator._enumerate_site(msg)
+    for h in handlers:
+        if h.__class__ is _ENUMERATORS[0]:  # enum: its plate check, inlined, then its work
+            limit = h._plate_limit
+            for f in frames:
+                if f.dim is not None and f.dim <= limit:
+                    return None  # a plate where enumeration's dims are: enum's error says so
+            h._enumerate_site(msg)
+        else:
+            h.process_message(msg)
     recorder = stack[0]
     recorder.process_message(msg)
     effects.default_process(msg)
     recorder.postprocess_message(msg)
-    if enumerator is not None:
-        enumerator.postprocess_message(msg)
+    for h in reversed(handlers):
+        h.postprocess_message(msg)
     return msg
 
 
@@ -118,14 +125,16 @@ def param(name, init=None, constraint=torch.distributions.constraints.real, even
 
 
 def _lean_recorder():
-    """The active Recorder when the only other handlers are vectorized or sequential plates
-    (which ignore params), else None: a ``param`` then needs no message through the stack."""
+    """The active Recorder when the only other handlers are plates, markov contexts and
+    enumeration handlers (which all ignore params), else None: a ``param`` then needs no
+    message through the stack."""
     stack = effects._STACK
     recorder = stack[0]
     if recorder.__class__ is not Recorder:
         return None
     for handler in stack[1:]:
-        if handler.__class__ is not plate:
+        cls = handler.__class__
+        if cls is not plate and cls is not markov and cls not in _ENUMERATORS:
             return None
     return recorder
 
@@ -396,7 +405,7 @@ def _lazily_expanded(fn, batch):
 # handlers.py adds enumeration's. Any other handler (a user's trace, condition, scale...)
 # may read a distribution's parameters, so plates then expand them.
 RECORDING_HANDLERS = set()
-_ENUM = [None]  # handlers.enum, set there (it imports this module)
+_ENUMERATORS = []  # handlers.enum, then handlers.sequential_choice (set by handlers.py)
 
 
 def _recording_only():

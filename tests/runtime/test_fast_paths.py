@@ -752,20 +752,41 @@ def nested_plates_guide(x):
         sg.sample("mu", dist.Normal(torch.zeros(3, 1), 1.0))
 
 
+def sequential_guide(x):
+    p = sg.param("p", torch.tensor([0.001, 0.999]), constraint=sg.constraints.simplex)
+    sg.sample("c", dist.Categorical(p), infer={"enumerate": "sequential"})
+    with sg.plate("data", len(x)):
+        sg.sample("z", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"})
+
+
+def sequential_model(x):
+    c = sg.sample("c", dist.Categorical(torch.tensor([0.5, 0.5])))
+    with sg.plate("data", len(x)):
+        z = sg.sample("z", dist.Categorical(torch.ones(2) / 2), infer={"enumerate": "parallel"})
+        sg.sample("x", dist.Normal(z.float() + c.float(), 1.0), obs=x)
+
+
 RECORD_CASES = {
     "hmm-markov-enum": (hmm_model, no_guide, 2, lambda: (torch.randn(6, 3),)),
     "mixture-enum": (enum_model, locs_guide, 2, lambda: (torch.tensor([-2.0, 0.1, 2.5]),)),
     "nested-subsampled-sequential": (nested_plates_model, nested_plates_guide, None,
                                      lambda: (torch.randn(3, 8),)),
+    "guide-enumerated-sequentially": (sequential_model, sequential_guide, 1,
+                                      lambda: (torch.tensor([0.1, 1.2, 2.0]),)),
 }
 
 
 def _records(model, guide, args, plates):
-    from svigraph.handlers import enum
+    """Both programs' records, under TraceEnum_ELBO's handlers when ``plates`` is given."""
+    from svigraph.handlers import enum, sequential_choice
     from svigraph.recording import record
     if plates is not None:
-        guide = enum(guide, first_available_dim=-plates - 1)
-        model = enum(model, after=guide)
+        chooser, inner = sequential_choice(), enum(guide, first_available_dim=-plates - 1)
+        model = enum(model, after=inner)
+
+        def guide(*a):
+            with chooser:
+                return inner(*a)
     torch.manual_seed(3)
     guide_rec, model_rec = record(model, guide, args, {})
     return {**{("guide", n): s for n, s in guide_rec.sites.items()},
