@@ -85,9 +85,11 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
     scored = with_surrogate and plan.scores  # the surrogate reads the signed totals...
     # ... unless every score's cost takes every term whole: the ELBO's own value, then
     everything = scored and all(len(s.whole_terms) == len(sums) for s in plan.scores)
-    elbo = neg_elbo = None
-    if (not scored or everything) and 0 < len(sums) <= _CHAIN_AT_MOST:
-        neg_elbo, totals = _negated_sum(plan, sums), None
+    elbo = neg_elbo = totals = None
+    if not sums and plan.enum_terms and not scored:
+        pass  # the ELBO is the log marginal alone (a model with no guide sites: an HMM)
+    elif (not scored or everything) and 0 < len(sums) <= _CHAIN_AT_MOST:
+        neg_elbo = _negated_sum(plan, sums)
     else:
         # signed (+ log p, - log q) by one multiplication rather than a negation per term
         totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums \
@@ -98,7 +100,7 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         if neg_elbo is not None:
             neg_elbo = neg_elbo - marginal
         else:
-            elbo = elbo + marginal
+            elbo = marginal if elbo is None else elbo + marginal
     surrogate = (elbo if neg_elbo is None else neg_elbo).new_zeros(())
     if scored:
         if totals is None:

@@ -25,7 +25,21 @@ __all__ = [
 
 
 class Bernoulli(TorchDistributionMixin, _torch_dists.Bernoulli):
-    """Torch's ``Bernoulli`` with :class:`TorchDistributionMixin` first."""
+    """Torch's ``Bernoulli`` with :class:`TorchDistributionMixin` first.
+
+    Built from one plain tensor (``probs`` or ``logits``), it keeps that tensor as it is:
+    torch's ``broadcast_all`` of a single tensor returns a view of it of the same shape, at
+    several microseconds per site and step. The distribution is the same."""
+
+    def __init__(self, probs=None, logits=None, validate_args=None):
+        if logits is None and type(probs) is torch.Tensor:
+            self.probs = self._param = probs
+        elif probs is None and type(logits) is torch.Tensor:
+            self.logits = self._param = logits
+        else:
+            super().__init__(probs, logits, validate_args=validate_args)
+            return
+        _torch_dists.Distribution.__init__(self, self._param.size(), validate_args=validate_args)
 
 
 class Categorical(TorchDistributionMixin, _torch_dists.Categorical):

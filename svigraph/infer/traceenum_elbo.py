@@ -29,6 +29,7 @@ that enumerates nothing warns ``EnumerationWarning``: Trace_ELBO would do the sa
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import torch
 
@@ -68,6 +69,20 @@ class TraceEnum_ELBO(ELBO):
             if not self.vectorize_particles else super().options()
 
     def _programs(self, model, guide):
+        # built once per (model, guide) pair and settings: the handlers reset on entry
+        settings = (self.num_particles, self.max_plate_nesting, self.vectorize_particles)
+        last = self.__dict__.get("_last_programs")
+        if last is not None and last[0]() is model and last[1]() is guide \
+                and last[2] == settings:
+            return last[3]
+        programs = self._build_programs(model, guide)
+        try:
+            self._last_programs = (weakref.ref(model), weakref.ref(guide), settings, programs)
+        except TypeError:  # not weak-referenceable: built every time
+            pass
+        return programs
+
+    def _build_programs(self, model, guide):
         model, guide = super()._programs(model, guide)
         first = -int(self.max_plate_nesting) - 1 - (1 if self.vectorize_particles else 0)
         guide = enum(guide, first_available_dim=first)
