@@ -33,7 +33,7 @@ _STACKABLE = (td.Normal, td.Categorical, td.Bernoulli, td.Poisson, td.Gamma, td.
               td.Laplace, td.Cauchy, td.Gumbel, td.Geometric)
 # ... and only with that log_prob: a subclass that overrides it may not be elementwise
 _STACKABLE_LOG_PROBS = frozenset(cls.log_prob for cls in _STACKABLE)
-MIN_GROUP = 2  # a group of one gains nothing
+MIN_GROUP = 3  # measured: stacking two sites costs more than their two log_probs; three gain
 
 _LAYOUTS = weakref.WeakKeyDictionary()  # plan -> tuple of _Group (or () when none)
 
