@@ -186,12 +186,22 @@ def _group_log_probs(group, sites):
 
 def _stack_rows(tensors):
     """``torch.stack(tensors)``; a broadcast view when they are all one tensor (the shared
-    support of every site enumerated at one dim, a table every site reads whole)."""
+    support of every site enumerated at one dim, a table every site reads whole) or all
+    views of one 0-dim tensor (a constant scale broadcast per site: every entry of every
+    such view is its one value)."""
     first = tensors[0]
     for t in tensors:
         if t is not first:
-            return torch.stack(tensors)
-    return first.unsqueeze(0).expand((len(tensors),) + first.shape)
+            break
+    else:
+        return first.unsqueeze(0).expand((len(tensors),) + first.shape)
+    base, shape = first._base, first.shape
+    if base is not None and base.dim() == 0:
+        for t in tensors:
+            if t._base is not base or t.shape != shape:
+                return torch.stack(tensors)
+        return base.expand((len(tensors),) + shape)
+    return torch.stack(tensors)
 
 
 # a log density's attribute when it is row i of a stacked one: (stacked, i, expanded shape)

@@ -57,10 +57,32 @@ def _plain_pair(a, b):
         if tb is torch.Tensor:
             same = a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
             return (a, b) if same else None
-        return (a, a.new_full((), b).expand(a.shape)) if tb in _NUMBER else None
+        return (a, _constant(b, a).expand(a.shape)) if tb in _NUMBER else None
     if tb is torch.Tensor and ta in _NUMBER:
-        return b.new_full((), a).expand(b.shape), b
+        return _constant(a, b).expand(b.shape), b
     return None
+
+
+_CONSTANTS = {}  # (number, dtype, device) -> (0-dim tensor, its _version)
+
+
+def _constant(number, like):
+    """``like.new_full((), number)``, shared between calls while nobody writes into it: a
+    model's ``Normal(loc, 1.0)`` at every site and step then broadcasts one tensor (and
+    ``runtime.stacked_terms`` stacks thousands of such views as one). Not shared under
+    inference mode or a dispatch or function mode (a JIT capture records its own)."""
+    if (torch.is_inference_mode_enabled() or torch._C._len_torch_dispatch_stack()
+            or torch._C._len_torch_function_stack()):
+        return like.new_full((), number)
+    key = (number, like.dtype, like.device)
+    hit = _CONSTANTS.get(key)
+    if hit is not None and hit[0]._version == hit[1]:
+        return hit[0]
+    value = like.new_full((), number)
+    if len(_CONSTANTS) >= 256:  # bounded: numbers, dtypes and devices
+        _CONSTANTS.clear()
+    _CONSTANTS[key] = (value, value._version)
+    return value
 
 
 class LogNormal(TorchDistributionMixin, _torch_dists.LogNormal):

@@ -442,6 +442,44 @@ def test_normal_fast_construction_still_validates():
         dist.Normal(torch.zeros(2), torch.tensor([1.0, -1.0]), validate_args=True)
 
 
+def test_normal_number_scale_is_one_shared_constant_until_written():
+    """``Normal(loc, 1.0)`` broadcasts one shared 0-dim tensor at every construction; a
+    write into it (through any distribution's scale) makes the next construction use a
+    fresh one, so no distribution ever sees another's write."""
+    first, second = dist.Normal(torch.zeros(3), 1.0), dist.Normal(torch.zeros(2, 1), 1.0)
+    assert first.scale._base is not None and first.scale._base is second.scale._base
+    other = dist.Normal(torch.zeros(3), 2.0)
+    assert other.scale._base is not first.scale._base and torch.equal(other.scale,
+                                                                      torch.full((3,), 2.0))
+    lone = dist.Normal(torch.zeros(()), 1.0)  # a single element: writable in place
+    lone.scale.mul_(5.0)
+    again = dist.Normal(torch.zeros(3), 1.0)
+    assert torch.equal(again.scale, torch.ones(3)) and again.scale._base is not first.scale._base
+    with torch.inference_mode():
+        inside = dist.Normal(torch.zeros(3), 1.0)
+    assert inside.scale._base is not again.scale._base
+
+
+def test_bernoulli_construction_equals_torch():
+    """svigraph's Bernoulli keeps a single plain tensor as given: the same parameters,
+    shapes, log densities and gradients as torch's."""
+    for kw in ({"probs": torch.tensor([0.2, 0.7], requires_grad=True)},
+               {"logits": torch.tensor([[0.2], [-1.0]], requires_grad=True)},
+               {"probs": torch.tensor(0.3)}, {"probs": 0.4}, {"logits": -1.0}):
+        ours, ref = dist.Bernoulli(**kw), torch.distributions.Bernoulli(**kw)
+        assert ours.batch_shape == ref.batch_shape and sorted(vars(ours)) == sorted(vars(ref))
+        value = ref.sample((3,))
+        assert torch.equal(ours.probs, ref.probs) and torch.equal(ours.logits, ref.logits)
+        assert torch.equal(ours.log_prob(value), ref.log_prob(value))
+        (leaf,) = kw.values()
+        if isinstance(leaf, torch.Tensor) and leaf.requires_grad:
+            g, = torch.autograd.grad(ours.log_prob(value).sum(), leaf)
+            g_ref, = torch.autograd.grad(ref.log_prob(value).sum(), leaf)
+            assert torch.equal(g, g_ref)
+    with pytest.raises(ValueError, match="probs"):
+        dist.Bernoulli(torch.tensor([1.5]), validate_args=True)
+
+
 # ---- Categorical from a constant table: normalized once, the same distribution ----------
 def test_categorical_of_a_constant_table_equals_torch():
     """A table that needs no gradient is normalized once and reused while it is unchanged;

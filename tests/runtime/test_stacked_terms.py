@@ -235,3 +235,22 @@ def test_rows_that_are_one_tensor_are_broadcast_not_copied():
     distinct = [shared, shared.clone()]
     assert torch.equal(stacked_terms._stack_rows(distinct), torch.stack(distinct))
     assert stacked_terms._stack_rows(distinct).stride(0) != 0
+
+
+def test_rows_that_view_one_number_are_broadcast_with_its_gradient():
+    """Views of one 0-dim tensor (a constant scale, or a scalar param broadcast per site)
+    stack as a broadcast of it: equal to torch.stack, and the same gradient reaches it;
+    rows of another shape or another base are stacked."""
+    sigma = torch.tensor(0.7, requires_grad=True)
+    rows = [sigma.expand(2, 3) for _ in range(5)]
+    stacked = stacked_terms._stack_rows(rows)
+    assert stacked.stride() == (0, 0, 0) and torch.equal(stacked, torch.stack(rows))
+    weights = torch.randn(5, 2, 3)
+    (grad,) = torch.autograd.grad((stacked * weights).sum(), sigma)
+    (ref,) = torch.autograd.grad((torch.stack(rows) * weights).sum(), sigma)
+    assert torch.allclose(grad, ref, rtol=1e-6, atol=0)
+    mixed = rows[:2] + [torch.tensor(0.7).expand(2, 3)]
+    assert stacked_terms._stack_rows(mixed).stride(0) != 0
+    misshapen = [sigma.expand(2, 3), sigma.expand(3, 2)]
+    with pytest.raises(RuntimeError):  # torch.stack's own error, as for any misfit
+        stacked_terms._stack_rows(misshapen)
