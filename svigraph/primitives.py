@@ -78,15 +78,18 @@ def _recorded(stack, name, fn, obs, infer):
             handlers.append(h)
         elif cls is not markov:
             return None
-    msg = {"type": "sample", "name": name, "fn": fn, "args": (), "value": obs,
-           "is_observed": obs is not None, "infer": infer if infer is not None else {},
-           "scale": scale, "mask": None, "cond_indep_stack": frames, "stop": False}
-    for h in handlers:
-        if h.__class__ is _ENUMERATORS[0]:  # enum: its plate check, inlined, then its work
+    enum_class = _ENUMERATORS[0]
+    for h in handlers:  # enum's plate check, inlined, before any handler acts
+        if h.__class__ is enum_class:
             limit = h._plate_limit
             for f in frames:
                 if f.dim is not None and f.dim <= limit:
                     return None  # a plate where enumeration's dims are: enum's error says so
+    msg = {"type": "sample", "name": name, "fn": fn, "args": (), "value": obs,
+           "is_observed": obs is not None, "infer": infer if infer is not None else {},
+           "scale": scale, "mask": None, "cond_indep_stack": frames, "stop": False}
+    for h in handlers:
+        if h.__class__ is enum_class:
             h._enumerate_site(msg)
         else:
             h.process_message(msg)
