@@ -15,6 +15,7 @@ from svigraph.ops.provenance import (get_provenance, lend_parameter, lending_par
                                      lent_original)
 from svigraph.params import get_param_store
 from svigraph.recording import Recorder
+from svigraph.tensor_memo import SharedTensors
 
 
 def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
@@ -190,24 +191,13 @@ def factor(name, log_factor):
     sample(name, fn, obs=fn.sample())
 
 
-_FULL_INDICES = {}  # size -> arange(size), shared by full plates while nobody changes it
+_FULL_INDICES = SharedTensors(max_size=256)  # size -> arange(size), for full plates
 
 
 def _full_indices(size):
     """``torch.arange(size)``, the indices of a plate that is not subsampled: built once per
-    size and handed out again while unchanged (a caller that writes into it gets a new one
-    next time). Inference mode gets its own (autograd could not save it), and so does any
-    active torch function or dispatch mode (a default device, a JIT capture)."""
-    if (torch.is_inference_mode_enabled() or torch._C._len_torch_function_stack()
-            or torch._C._len_torch_dispatch_stack()):
-        return torch.arange(size)
-    cached = _FULL_INDICES.get(size)
-    if cached is None or cached[0]._version != cached[1]:
-        if len(_FULL_INDICES) >= 256:
-            _FULL_INDICES.clear()
-        indices = torch.arange(size)
-        cached = _FULL_INDICES[size] = (indices, indices._version)
-    return cached[0]
+    size and shared while nobody writes into it (see ``SharedTensors``)."""
+    return _FULL_INDICES.get(size, torch.arange, size)
 
 
 # A plate frame on a message's cond_indep_stack: dim is None for a sequential plate, whose

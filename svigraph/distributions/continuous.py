@@ -6,6 +6,7 @@ import torch
 import torch.distributions as _torch_dists
 
 from svigraph.distributions.mixin import TorchDistributionMixin
+from svigraph.tensor_memo import SharedTensors
 
 __all__ = [
     "Normal",
@@ -63,26 +64,14 @@ def _plain_pair(a, b):
     return None
 
 
-_CONSTANTS = {}  # (number, dtype, device) -> (0-dim tensor, its _version)
+_CONSTANTS = SharedTensors(max_size=256)  # (number, dtype, device) -> 0-dim tensor
 
 
 def _constant(number, like):
-    """``like.new_full((), number)``, shared between calls while nobody writes into it: a
-    model's ``Normal(loc, 1.0)`` at every site and step then broadcasts one tensor (and
-    ``runtime.stacked_terms`` stacks thousands of such views as one). Not shared under
-    inference mode or a dispatch or function mode (a JIT capture records its own)."""
-    if (torch.is_inference_mode_enabled() or torch._C._len_torch_dispatch_stack()
-            or torch._C._len_torch_function_stack()):
-        return like.new_full((), number)
-    key = (number, like.dtype, like.device)
-    hit = _CONSTANTS.get(key)
-    if hit is not None and hit[0]._version == hit[1]:
-        return hit[0]
-    value = like.new_full((), number)
-    if len(_CONSTANTS) >= 256:  # bounded: numbers, dtypes and devices
-        _CONSTANTS.clear()
-    _CONSTANTS[key] = (value, value._version)
-    return value
+    """``like.new_full((), number)``, shared while nobody writes into it (``SharedTensors``):
+    a model's ``Normal(loc, 1.0)`` at every site and step then broadcasts one tensor (and
+    ``runtime.stacked_terms`` stacks thousands of such views as one)."""
+    return _CONSTANTS.get((number, like.dtype, like.device), like.new_full, (), number)
 
 
 class LogNormal(TorchDistributionMixin, _torch_dists.LogNormal):

@@ -100,7 +100,10 @@ def check_observed_support(model_sites):
             cls = fn.__class__
             if cls is _Factor:
                 continue
-            if _REAL_SUPPORT.get(cls) or _real_support(cls):
+            real = _REAL_SUPPORT.get(cls)
+            if real is None:
+                real = _REAL_SUPPORT[cls] = getattr(cls, "support", None) is _REAL
+            if real:
                 # every float is in the real line but nan, and a nan observation makes the
                 # loss nan, which replays the step with checks on (naming the site): only
                 # the shape needs checking here, which costs no tensor operation
@@ -117,11 +120,6 @@ def check_observed_support(model_sites):
 
 _REAL = torch.distributions.constraints.real
 _REAL_SUPPORT = {}  # distribution class -> whether its support is the (fixed) real line
-
-
-def _real_support(cls):
-    real = _REAL_SUPPORT[cls] = getattr(cls, "support", None) is _REAL
-    return real
 
 
 # (value type, value shape, batch shape, event shape) that passed ``_check_sample_shape``
