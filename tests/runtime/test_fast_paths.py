@@ -679,6 +679,22 @@ def test_plan_cache_follows_the_model_and_guide_pair():
     assert elbo.last_plan is coin_plan and len(coin_cache) == 1
 
 
+def test_traceenum_programs_follow_the_model_and_guide_pair():
+    """TraceEnum_ELBO wraps a pair's programs in its enumeration handlers once and reuses
+    them; switching pairs, and back, gives each pair the loss a fresh objective gives."""
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    first = elbo._programs(enum_model, locs_guide)
+    assert elbo._programs(enum_model, locs_guide) is first
+    assert elbo._programs(hmm_model, no_guide) is not first
+    x, data = torch.tensor([-2.0, 0.1, 2.5, 1.0]), torch.randn(4, 3)
+    runs = [(enum_model, locs_guide, x), (hmm_model, no_guide, data), (enum_model, locs_guide, x)]
+    for model, guide, arg in runs:
+        torch.manual_seed(5)
+        loss = elbo.loss(model, guide, arg)
+        torch.manual_seed(5)
+        assert loss == TraceEnum_ELBO(max_plate_nesting=1).loss(model, guide, arg)
+
+
 # ---- the loss built from the negated ELBO -----------------------------------------------
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_particle_loss_equals_negated_elbo_plus_surrogate(case):

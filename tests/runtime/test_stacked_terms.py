@@ -113,6 +113,16 @@ def test_each_stacked_value_equals_its_sites_log_prob():
             assert torch.equal(value, site_log_prob(sites[name]))
 
 
+def test_two_sites_of_one_kind_are_not_stacked_three_are():
+    """Groups start at ``MIN_GROUP`` = 3 sites: two stacked cost more than apart."""
+    sg.clear_param_store()
+    trace = sg.handlers.trace(sg.handlers.seed(chain_model, rng_seed=0)).get_trace(DATA)
+    sites = {name: site for name, site in trace.nodes.items() if site["type"] == "sample"}
+    for count, groups in ((2, 0), (3, 1)):
+        names = [("model", f"x{i}") for i in range(count)]
+        assert len(stacked_terms._plan_groups({"model": sites}, names)) == groups, count
+
+
 def test_a_site_that_changes_class_falls_back_to_per_site_terms():
     sg.clear_param_store()
     trace = sg.handlers.trace(sg.handlers.seed(chain_model, rng_seed=0)).get_trace(DATA)
