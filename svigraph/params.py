@@ -34,9 +34,11 @@ _POSITIVE_KINDS = (type(constraints.positive), type(constraints.nonnegative))
 
 
 def _attach_unconstrained(value, leaf):
-    # A plain attribute, not a tensor subclass: subclasses slow every later op.
-    ref = weakref.ref(leaf)
-    value.unconstrained = ref
+    # A plain attribute, not a tensor subclass: subclasses slow every later op. A leaf that
+    # is its own value (an unconstrained param) keeps the one it was given.
+    ref = value.__dict__.get("unconstrained")
+    if ref is None or ref() is not leaf:
+        value.unconstrained = weakref.ref(leaf)
     return value
 
 
@@ -89,6 +91,14 @@ class ParamStore:
     def named_parameters(self):
         """(name, unconstrained leaf) pairs: what an optimizer updates."""
         return self._leaves.items()
+
+    def held_leaves(self):
+        """name -> unconstrained leaf, the store's own mapping (read it, do not write)."""
+        return self._leaves
+
+    def leaf_value(self, name):
+        """``get(name)`` of a param that exists: its constrained value."""
+        return self._constrained(name)
 
     def param_name(self, leaf):
         """The name of an unconstrained leaf, or None if the store does not hold it."""

@@ -12,7 +12,7 @@ from runtime.terms import LAZY_EXPANDED, UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
 from svigraph.ops.provenance import (get_provenance, lend_parameter, lending_parameters,
-                                     lent_original)
+                                     lent_any, lent_original)
 from svigraph.params import get_param_store
 from svigraph.recording import Recorder
 from svigraph.tensor_memo import SharedTensors
@@ -150,8 +150,18 @@ def module(name, nn_module, update_module_params=False):
     parameter is set from it, so a restored store restores the module.
     """
     store = get_param_store()
-    for param_name, p in nn_module.named_parameters():
+    leaves = store.held_leaves()
+    # A training step's usual case: every parameter registered already, nothing lent, and
+    # params needing no message (``param``'s lean path): each is recorded as it is.
+    recorder = _lean_recorder() if effects._STACK else None
+    steady = (recorder is not None or not effects._STACK) and not lent_any()
+    for param_name, p in named_parameters(nn_module):
         full = f"{name}.{param_name}"
+        if steady and leaves.get(full) is p:
+            value = store.leaf_value(full)
+            if recorder is not None:
+                recorder.params[full] = value
+            continue
         lent = lent_original(p)  # registered already in this trace, which lent it a copy
         store.register_leaf(full, p if lent is None else lent,
                             overwrite_module=not update_module_params)
@@ -161,6 +171,28 @@ def module(name, nn_module, update_module_params=False):
             # graph's input for this param
             lend_parameter(nn_module, param_name, value)
     return nn_module
+
+
+def named_parameters(nn_module):
+    """``nn_module.named_parameters()`` as a list, in the same order (modules depth first,
+    each one's own parameters before its children's; a shared module or parameter once),
+    walked directly: torch's generator costs about three times as much."""
+    out, seen_modules, seen_params = [], set(), set()
+
+    def walk(mod, prefix):
+        if id(mod) in seen_modules:
+            return
+        seen_modules.add(id(mod))
+        for key, p in mod._parameters.items():
+            if p is not None and id(p) not in seen_params:
+                seen_params.add(id(p))
+                out.append((prefix + key, p))
+        for key, child in mod._modules.items():
+            if child is not None:
+                walk(child, prefix + key + ".")
+
+    walk(nn_module, "")
+    return out
 
 
 class _Factor(torch.distributions.Distribution):

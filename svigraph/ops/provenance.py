@@ -158,6 +158,11 @@ def lent_original(tensor):
     return None
 
 
+def lent_any():
+    """Whether any module holds a lent parameter now."""
+    return bool(_LENT)
+
+
 def restore_lent_parameters(depth=0):
     """Give every module lent a parameter after the first ``depth`` its own back (newest
     first)."""

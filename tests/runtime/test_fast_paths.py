@@ -866,3 +866,45 @@ def test_one_pass_recording_leaves_errors_to_the_handler_stack():
 
     with pytest.raises(PlateError, match="'y'.*size 5"):
         _records(model, no_guide, (torch.zeros(4),), None)
+
+
+# ---- sg.module: its own parameter walk and the path for registered parameters -------------
+def _shared_net():
+    shared = nn.Linear(2, 2)
+    net = nn.Sequential(nn.Linear(3, 4, bias=False), shared, nn.Sequential(shared, nn.Linear(2, 2)),
+                        nn.LSTM(2, 3, num_layers=2))
+    net.extra = nn.Parameter(torch.zeros(1))
+    net.tied = net[0].weight  # a parameter under a second name
+    return net
+
+
+@pytest.mark.parametrize("make", [_shared_net, lambda: nn.Linear(1, 1), nn.Module],
+                         ids=["shared-and-none", "linear", "empty"])
+def test_module_walk_equals_torch_named_parameters(make):
+    net = make()
+    assert [(k, id(p)) for k, p in primitives.named_parameters(net)] == \
+        [(k, id(p)) for k, p in net.named_parameters()]
+
+
+def test_registered_module_records_its_parameters_and_follows_a_loaded_store(tmp_path):
+    """A module registered already takes the short path in a step: the recorded params are
+    the module's own Parameters; a store loaded later still overwrites the module."""
+    net = nn.Linear(2, 1)
+
+    def model(data):
+        sg.module("net", net)
+        sg.sample("y", dist.Normal(net(torch.ones(2)).squeeze(), 1.0), obs=data)
+
+    elbo = Trace_ELBO()
+    elbo.loss(model, no_guide, torch.tensor(0.5))  # registers the parameters
+    elbo.differentiable_loss(model, no_guide, torch.tensor(0.5))
+    assert elbo.last_params == {"net.weight": net.weight, "net.bias": net.bias}
+    store = sg.get_param_store()
+    store.save(tmp_path / "p.pt")
+    saved = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    store.load(tmp_path / "p.pt")  # new leaves under the same names: copied into the module
+    elbo.differentiable_loss(model, no_guide, torch.tensor(0.5))
+    assert torch.equal(net.weight.detach(), saved)
+    assert store.held_leaves()["net.weight"] is net.weight
