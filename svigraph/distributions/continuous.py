@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributions as _torch_dists
 
@@ -33,10 +35,11 @@ __all__ = [
 class Normal(TorchDistributionMixin, _torch_dists.Normal):
     """Torch's ``Normal`` with :class:`TorchDistributionMixin` first.
 
-    Built from a plain tensor and a Python number (``Normal(loc, 1.0)``) or from two plain
-    tensors of one shape, it skips torch's generic ``broadcast_all`` (several microseconds
-    per site and step; the parameters need no broadcasting); other arguments take torch's
-    path. The distribution is the same either way."""
+    Built from a plain tensor and a Python number (``Normal(loc, 1.0)``), two plain tensors
+    of one shape, or two Python numbers (a prior's ``Normal(0.0, 10.0)``), it skips torch's
+    generic ``broadcast_all`` (several microseconds per site and step; the parameters need
+    no broadcasting); other arguments take torch's path. The distribution is the same
+    either way."""
 
     def __init__(self, loc, scale, validate_args=None):
         pair = _plain_pair(loc, scale)
@@ -51,9 +54,13 @@ _NUMBER = (float, int)
 
 
 def _plain_pair(a, b):
-    """``broadcast_all(a, b)`` for a plain tensor and a Python number, or two plain tensors
-    of one shape, dtype and device (those need no broadcasting); None otherwise."""
+    """``broadcast_all(a, b)`` for a plain tensor and a Python number, two plain tensors of
+    one shape, dtype and device (those need no broadcasting), or two Python numbers (0-dim
+    tensors of the default dtype); None otherwise."""
     ta, tb = type(a), type(b)
+    if ta in _NUMBER and tb in _NUMBER:
+        dtype = torch.get_default_dtype()
+        return _number(a, dtype), _number(b, dtype)
     if ta is torch.Tensor:
         if tb is torch.Tensor:
             same = a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
@@ -71,7 +78,22 @@ def _constant(number, like):
     """``like.new_full((), number)``, shared while nobody writes into it (``SharedTensors``):
     a model's ``Normal(loc, 1.0)`` at every site and step then broadcasts one tensor (and
     ``runtime.stacked_terms`` stacks thousands of such views as one)."""
-    return _CONSTANTS.get((number, like.dtype, like.device), like.new_full, (), number)
+    return _CONSTANTS.get((_key(number), like.dtype, like.device), like.new_full, (), number)
+
+
+def _key(number):
+    """``number`` as a cache key that tells -0.0 from 0.0 (equal, and hashed alike)."""
+    return number if number or math.copysign(1.0, number) > 0 else "-0.0"
+
+
+def _number(number, dtype):
+    """``torch.tensor(number, dtype=dtype)``, shared like ``_constant`` (any default device
+    is a torch function mode, under which ``SharedTensors`` builds a fresh one)."""
+    return _CONSTANTS.get((_key(number), dtype), _scalar, number, dtype)
+
+
+def _scalar(number, dtype):
+    return torch.tensor(number, dtype=dtype)
 
 
 class LogNormal(TorchDistributionMixin, _torch_dists.LogNormal):

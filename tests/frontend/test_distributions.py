@@ -411,13 +411,14 @@ def test_kl_dispatches_on_subclasses():
     (lambda: torch.randn(2, 3, requires_grad=True), lambda: torch.rand(2, 3) + 0.1),
     (lambda: torch.randn(2, 3, dtype=torch.float64), lambda: 0.5),
     (lambda: torch.randn(2, 1), lambda: torch.rand(3) + 0.1),       # broadcasts: torch's path
-    (lambda: 0.0, lambda: 1.0),                                       # numbers: torch's path
+    (lambda: 0.0, lambda: 1.0),
+    (lambda: -0.0, lambda: 2),
 ], ids=["tensor-float", "float-tensor", "scalar-int", "same-shape", "float64", "broadcast",
-        "numbers"])
+        "numbers", "negative-zero-int"])
 def test_normal_construction_equals_torch(loc, scale):
-    """svigraph's Normal skips broadcast_all for a plain tensor with a number or two plain
-    tensors of one shape: parameters, batch shape, log densities and gradients equal
-    torch's."""
+    """svigraph's Normal skips broadcast_all for a plain tensor with a number, two plain
+    tensors of one shape, or two numbers: parameters (to the sign of a zero), batch shape,
+    log densities and gradients equal torch's."""
     torch.manual_seed(0)
     a, b = loc(), scale()
     ours, ref = dist.Normal(a, b), torch.distributions.Normal(a, b)
@@ -425,7 +426,7 @@ def test_normal_construction_equals_torch(loc, scale):
     for name in ("loc", "scale"):
         mine, theirs = getattr(ours, name), getattr(ref, name)
         assert mine.shape == theirs.shape and mine.dtype == theirs.dtype
-        assert torch.equal(mine, theirs)
+        assert torch.equal(mine, theirs) and torch.equal(mine.signbit(), theirs.signbit())
     value = ref.sample((2,))
     assert torch.equal(ours.log_prob(value), ref.log_prob(value))
     leaves = [t for t in (a, b) if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -458,6 +459,23 @@ def test_normal_number_scale_is_one_shared_constant_until_written():
     with torch.inference_mode():
         inside = dist.Normal(torch.zeros(3), 1.0)
     assert inside.scale._base is not again.scale._base
+
+
+def test_normal_of_two_numbers_shares_its_constants_until_written():
+    """``Normal(0.0, 10.0)`` (a prior) takes shared 0-dim tensors of the default dtype; a
+    write into one makes the next construction use a fresh one."""
+    first, second = dist.Normal(0.0, 10.0), dist.Normal(0.0, 10.0)
+    assert first.loc is second.loc and first.scale is second.scale
+    first.loc.add_(1.0)
+    third = dist.Normal(0.0, 10.0)
+    assert float(third.loc) == 0.0 and third.loc is not first.loc
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        wide = dist.Normal(0.0, 10.0)
+    finally:
+        torch.set_default_dtype(old)
+    assert wide.loc.dtype == wide.scale.dtype == torch.float64
 
 
 def test_bernoulli_construction_equals_torch():
