@@ -97,7 +97,19 @@ def _scalar(number, dtype):
 
 
 class LogNormal(TorchDistributionMixin, _torch_dists.LogNormal):
-    """Torch's ``LogNormal`` with :class:`TorchDistributionMixin` first."""
+    """Torch's ``LogNormal`` with :class:`TorchDistributionMixin` first.
+
+    Its base is svigraph's :class:`Normal` (built without ``broadcast_all`` where that
+    applies) and its transform one shared ``ExpTransform`` (stateless: no cache); torch's
+    builds both afresh. The distribution is the same."""
+
+    def __init__(self, loc, scale, validate_args=None):
+        base = Normal(loc, scale, validate_args=validate_args)
+        _torch_dists.TransformedDistribution.__init__(self, base, _EXP,
+                                                      validate_args=validate_args)
+
+
+_EXP = _torch_dists.ExpTransform()
 
 
 class Beta(TorchDistributionMixin, _torch_dists.Beta):

@@ -478,6 +478,39 @@ def test_normal_of_two_numbers_shares_its_constants_until_written():
     assert wide.loc.dtype == wide.scale.dtype == torch.float64
 
 
+@pytest.mark.parametrize("loc, scale", [
+    (lambda: 0.0, lambda: 1.0),
+    (lambda: torch.randn(3, requires_grad=True), lambda: torch.rand(3).add(0.1).requires_grad_()),
+    (lambda: torch.randn(2, 1), lambda: 0.5),
+    (lambda: torch.randn(2, 1, dtype=torch.float64), lambda: torch.rand(3, dtype=torch.float64)),
+], ids=["numbers", "same-shape", "tensor-number", "broadcast"])
+def test_lognormal_equals_torch(loc, scale):
+    """svigraph's LogNormal (its own Normal as base, one shared ExpTransform) is torch's
+    distribution: parameters, shapes, draws, log densities, gradients, expand and KL."""
+    torch.manual_seed(0)
+    a, b = loc(), scale()
+    ours, ref = dist.LogNormal(a, b), torch.distributions.LogNormal(a, b)
+    assert ours.batch_shape == ref.batch_shape and ours.event_shape == ref.event_shape
+    assert torch.equal(ours.loc, ref.loc) and torch.equal(ours.scale, ref.scale)
+    assert ours.loc.dtype == ref.loc.dtype
+    torch.manual_seed(1)
+    x = ours.rsample((2,))
+    torch.manual_seed(1)
+    assert torch.equal(x, ref.rsample((2,)))
+    assert torch.equal(ours.log_prob(x.detach()), ref.log_prob(x.detach()))
+    leaves = [t for t in (a, b) if isinstance(t, torch.Tensor) and t.requires_grad]
+    if leaves:
+        g = torch.autograd.grad(ours.log_prob(x.detach()).sum(), leaves)
+        g_ref = torch.autograd.grad(ref.log_prob(x.detach()).sum(), leaves)
+        assert all(torch.equal(u, v) for u, v in zip(g, g_ref))
+    big = (4,) + tuple(ours.batch_shape)
+    assert torch.equal(ours.expand(big).log_prob(x[0].detach()),
+                       ref.expand(big).log_prob(x[0].detach()))
+    other = torch.distributions.LogNormal(torch.tensor(0.3), torch.tensor(2.0))
+    assert torch.equal(dist.kl_divergence(ours, other), dist.kl_divergence(ref, other))
+    assert not ours.with_rsample(False).has_rsample and ours.has_rsample
+
+
 def test_bernoulli_construction_equals_torch():
     """svigraph's Bernoulli keeps a single plain tensor as given: the same parameters,
     shapes, log densities and gradients as torch's."""
