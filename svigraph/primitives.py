@@ -154,7 +154,8 @@ def module(name, nn_module, update_module_params=False):
     # A training step's usual case: every parameter registered already, nothing lent, and
     # params needing no message (``param``'s lean path): each is recorded as it is.
     recorder = _lean_recorder() if effects._STACK else None
-    steady = (recorder is not None or not effects._STACK) and not lent_any()
+    steady = ((recorder is not None or not effects._STACK) and not lent_any()
+              and not lending_parameters())
     for param_name, p in named_parameters(nn_module):
         full = f"{name}.{param_name}"
         if steady and leaves.get(full) is p:
