@@ -92,14 +92,6 @@ class ParamStore:
         """(name, unconstrained leaf) pairs: what an optimizer updates."""
         return self._leaves.items()
 
-    def held_leaves(self):
-        """name -> unconstrained leaf, the store's own mapping (read it, do not write)."""
-        return self._leaves
-
-    def leaf_value(self, name):
-        """``get(name)`` of a param that exists: its constrained value."""
-        return self._constrained(name)
-
     def param_name(self, leaf):
         """The name of an unconstrained leaf, or None if the store does not hold it."""
         return self._names.get(id(leaf))

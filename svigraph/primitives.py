@@ -150,7 +150,6 @@ def module(name, nn_module, update_module_params=False):
     parameter is set from it, so a restored store restores the module.
     """
     store = get_param_store()
-    leaves = store.held_leaves()
     # A training step's usual case: every parameter registered already, nothing lent, and
     # params needing no message (``param``'s lean path): each is recorded as it is.
     recorder = _lean_recorder() if effects._STACK else None
@@ -158,8 +157,8 @@ def module(name, nn_module, update_module_params=False):
               and not lending_parameters())
     for param_name, p in named_parameters(nn_module):
         full = f"{name}.{param_name}"
-        if steady and leaves.get(full) is p:
-            value = store.leaf_value(full)
+        if steady and store.param_name(p) == full:  # the store holds this very leaf
+            value = store.get(full)
             if recorder is not None:
                 recorder.params[full] = value
             continue

@@ -907,4 +907,4 @@ def test_registered_module_records_its_parameters_and_follows_a_loaded_store(tmp
     store.load(tmp_path / "p.pt")  # new leaves under the same names: copied into the module
     elbo.differentiable_loss(model, no_guide, torch.tensor(0.5))
     assert torch.equal(net.weight.detach(), saved)
-    assert store.held_leaves()["net.weight"] is net.weight
+    assert dict(store.named_parameters())["net.weight"] is net.weight
