@@ -31,7 +31,7 @@ from runtime.scan import finite_shift, log_of_product, run_scan
 _PROGRAMS = weakref.WeakKeyDictionary()
 
 
-def execute(plan, tensors, *, plate_scales=None, factor_scales=None):
+def execute(plan, tensors, *, plate_scales=None, factor_scales=None, stacks=None):
     """The log of the plated sum-product, a tensor over ``plan.dims``.
 
     Args:
@@ -46,6 +46,9 @@ def execute(plan, tensors, *, plate_scales=None, factor_scales=None):
         factor_scales: factor name -> a scale that no plate explains (``handlers.scale``).
             It multiplies the partial result its factor contributes to, outside every
             logsumexp; the factors of one result must share it.
+        stacks: optional ``id(group) -> tensor`` for raw groups of the plan's scans: the
+            group's factors already stacked, as the scan would stack them (rows of one
+            ``runtime.stacked_terms`` stack). Those factors are then not in ``tensors``.
 
     What is computed: the plated sum-product with each subsampled plate's product replaced
     by that power. For variables local to a subsampled plate this is an unbiased estimate
@@ -56,7 +59,9 @@ def execute(plan, tensors, *, plate_scales=None, factor_scales=None):
     Differentiable. Time: the plan's pairwise operations, each O(its joint index space).
     """
     program = _program(plan)
-    env = _run_steps(program, plan, _bind(plan, tensors, program["raw"]), plate_scales)
+    specs = _specs_without(program, plan, stacks) if stacks else plan.inputs
+    env = _run_steps(program, plan, _bind(plan, tensors, program["raw"], specs), plate_scales,
+                     stacks)
     if factor_scales:
         _scale_results(plan, env, factor_scales)
     if plan.combine is None:
@@ -115,10 +120,11 @@ def _scalar_scale(name, scale):
 
 # ---- binding ---------------------------------------------------------------------------------
 
-def _bind(plan, tensors, raw=frozenset()):
+def _bind(plan, tensors, raw=frozenset(), specs=None):
     """name -> operand: each tensor reshaped (size-1 dims dropped) and expanded over the
     plates its factor broadcasts along, except those in ``raw`` (a scan lays them out once
-    per stack). Checks the count and every shape."""
+    per stack). Checks the count and every shape. ``specs``: the inputs to bind (default
+    all of ``plan.inputs``)."""
     if not isinstance(tensors, Mapping):
         tensors = list(tensors)
         if len(tensors) != len(plan.inputs):
@@ -128,7 +134,7 @@ def _bind(plan, tensors, raw=frozenset()):
                 f"{len(tensors)}", [], "pass one log-factor tensor per planned factor")
         tensors = {p.name: t for p, t in zip(plan.inputs, tensors)}
     env = {}
-    for spec in plan.inputs:
+    for spec in plan.inputs if specs is None else specs:
         tensor = tensors.get(spec.name)
         if tensor is None:
             raise ShapeMismatchError(f"no tensor was given for factor {spec.name!r}",
@@ -151,19 +157,22 @@ def _bind(plan, tensors, raw=frozenset()):
 
 # ---- the step loop ---------------------------------------------------------------------------
 
-def _run_steps(program, plan, env, plate_scales=None):
+def _run_steps(program, plan, env, plate_scales=None, stacks=None):
     for step, kernels in zip(plan.steps, program["steps"]):
-        env[step.output] = _run_step(step, kernels, env, plate_scales)
+        env[step.output] = _run_step(step, kernels, env, plate_scales, stacks)
     return env
 
 
-def _run_step(step, kernels, env, plate_scales=None):
+def _run_step(step, kernels, env, plate_scales=None, stacks=None):
     """Walk the step's path (or run its scan), then take the product over the plates it
     leaves, each raised to its scale."""
-    operands = [env.pop(name) for name in step.inputs]
+    if stacks and step.scan is not None:  # factors stacked already were not bound
+        operands = [env.pop(name, None) for name in step.inputs]
+    else:
+        operands = [env.pop(name) for name in step.inputs]
     try:
         if step.scan is not None:
-            operands = [run_scan(step.scan, operands)]
+            operands = [run_scan(step.scan, operands, stacks)]
         for positions, kernel in kernels:
             taken = [operands.pop(p) for p in positions]
             operands.append(kernel(*taken))
@@ -187,20 +196,34 @@ def _program(plan):
     if program is None:
         label_sizes = dict(plan.sizes)
         sizes = {symbol: label_sizes[label] for label, symbol in plan.symbols}
+        groups = list(raw_scan_groups(plan))  # (equal groups of two scans stay apart)
         program = {"steps": [_step_kernels(s, sizes) for s in plan.steps],
                    "combine": _step_kernels(plan.combine, sizes) if plan.combine else None,
-                   "raw": frozenset(_raw_scan_inputs(plan))}
+                   "raw": frozenset(n for _, names in groups for n in names),
+                   "groups": {id(group): names for group, names in groups},
+                   "without": {}}
         _PROGRAMS[plan] = program
     return program
 
 
-def _raw_scan_inputs(plan):
-    """Names of the factors that scans stack as given."""
+def raw_scan_groups(plan):
+    """(group, names of its factors in step order) for every scan group that stacks its
+    factors as given (``ScanGroup.raw``)."""
     for step in plan.steps:
         if step.scan is not None:
             for group in step.scan.init + tuple(g for role in step.scan.roles for g in role):
                 if group.raw:
-                    yield from (step.inputs[p] for p in group.positions)
+                    yield group, tuple(step.inputs[p] for p in group.positions)
+
+
+def _specs_without(program, plan, stacks):
+    """``plan.inputs`` less the factors of the groups in ``stacks`` (cached per key set)."""
+    key = tuple(stacks)
+    specs = program["without"].get(key)
+    if specs is None:
+        taken = {n for group in key for n in program["groups"][group]}
+        specs = program["without"][key] = tuple(s for s in plan.inputs if s.name not in taken)
+    return specs
 
 
 def _step_kernels(step, sizes):

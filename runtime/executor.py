@@ -7,7 +7,9 @@ the compiler; this loop reads records and does tensor arithmetic, nothing else.
 from __future__ import annotations
 
 import math
+import operator
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -15,10 +17,10 @@ import torch
 from compiler.enumeration import factor_from_shape, plan_contraction
 from compiler.errors import NonFiniteLossError
 from runtime.analytic_kl import add_kl_terms
-from runtime.contract import execute
+from runtime.contract import execute, raw_scan_groups
 from runtime.enum_expectation import (carry_weighted_contraction, run_weighted_plan,
                                       weighted_contraction)
-from runtime.stacked_terms import stacked_log_probs
+from runtime.stacked_terms import StackedLogProbs, stacked_log_probs
 from runtime.terms import masked_log_prob, term_log_probs
 
 
@@ -95,8 +97,11 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
         totals = torch.stack(sums) * _term_signs(plan, sums[0], len(sums)) if sums \
             else torch.zeros(0)
         elbo = totals.sum()
+    term_tensors = scaled
     if plan.enum_terms:
-        marginal = _log_marginal(plan, records, scaled, stacked)
+        marginal, taken = _log_marginal(plan, records, scaled, stacked)
+        if taken:  # factors a scan took whole from their stacks: their rows when read
+            term_tensors = _TermsWithRows(plan, scaled, stacked)
         if neg_elbo is not None:
             neg_elbo = neg_elbo - marginal
         else:
@@ -117,7 +122,37 @@ def run_plan(plan, records, baselines=None, with_surrogate=True, site_scales=Non
             # makes the optimizer minimize it, at zero value.
             surrogate = surrogate - baselines.nn_loss
             baselines.nn_loss = None
-    return LossParts(elbo, surrogate, scaled, neg_elbo)
+    return LossParts(elbo, surrogate, term_tensors, neg_elbo)
+
+
+class _TermsWithRows(Mapping):
+    """``LossParts.terms`` when a scan took some enumerated factors whole from their stacks
+    (``_log_marginal``): the per-site log densities of those are cut from the stacks on first
+    read (an error report, Rényi's weights, sequential enumeration), in the order
+    ``run_plan`` would have put them."""
+
+    def __init__(self, plan, scaled, stacked):
+        self._plan, self._scaled, self._stacked, self._terms = plan, scaled, stacked, None
+
+    def _all(self):
+        if self._terms is None:
+            enum_keys = [t.key for t in self._plan.enum_terms]
+            skip = set(enum_keys)
+            terms = {k: v for k, v in self._scaled.items() if k not in skip}
+            for key in enum_keys:
+                value = self._scaled.get(key)
+                terms[key] = value if value is not None else self._stacked.get(key)
+            self._terms = terms
+        return self._terms
+
+    def __getitem__(self, key):
+        return self._all()[key]
+
+    def __iter__(self):
+        return iter(self._all())
+
+    def __len__(self):
+        return len(self._all())
 
 
 # Up to this many terms, a chain of additions costs fewer ops and autograd nodes than a
@@ -173,13 +208,25 @@ def _log_marginal(plan, records, scaled, stacked):
     them), and then reused. A subsampled plate's scale multiplies the product over that plate
     where the contraction reduces it; any other scale (``handlers.scale``) multiplies the log
     of the sum its factors take part in (see ``runtime.contract.execute``).
+
+    A scan's factors that are consecutive rows of one stacked group (an HMM's steps) go to
+    the scan as that stack's slice: no tensor per site. Returns (the log marginal, whether
+    it did so: those sites' terms are then not in ``scaled``).
     """
     model = records["model"]
     layout, planned = _CONTRACTIONS.get(plan), {}
     if layout is None:
         layout = _CONTRACTIONS[plan] = _plan_log_marginal(plan, model, planned)
+    links = stacks = None
+    if stacked.__class__ is StackedLogProbs:
+        links = _LINKS.get(plan)
+        if links is None or links.index is not stacked.index:  # (planned for these groups)
+            links = _LINKS[plan] = _plan_links(plan, layout, stacked.index)
+        if links.items and not planned:
+            stacks = _stacks(links, stacked)
+    factors = zip(plan.enum_terms, layout.keys) if stacks is None else links.rest
     tensors, factor_scales = {}, None
-    for term, key in zip(plan.enum_terms, layout.keys):
+    for term, key in factors:
         site = model[term.site]
         lp = planned.get(key) if planned else None
         if lp is None:
@@ -193,8 +240,63 @@ def _log_marginal(plan, records, scaled, stacked):
             if not (residual.__class__ is float and abs(residual - 1.0) < 1e-12):
                 factor_scales = factor_scales or {}
                 factor_scales[key] = residual
-    return execute(layout.contraction, tensors, plate_scales=layout.plate_scales,
-                   factor_scales=factor_scales)
+    marginal = execute(layout.contraction, tensors, plate_scales=layout.plate_scales,
+                       factor_scales=factor_scales, stacks=stacks)
+    return marginal, stacks is not None
+
+
+class _Links:
+    """The scan groups whose factors are rows of one stacked group (``items``: scan group
+    id, stacked group, first and past-last row, the site scale each of those sites must
+    have: its plates' scale), and (term, factor name) of the other enum terms (``rest``);
+    ``index`` is the stacked groups' row index they were found in."""
+
+    __slots__ = ("items", "rest", "index")
+
+    def __init__(self, items, rest, index):
+        self.items, self.rest, self.index = items, rest, index
+
+
+_LINKS = weakref.WeakKeyDictionary()  # plan -> _Links
+
+
+def _plan_links(plan, layout, index):
+    site_of = dict(zip(layout.keys, (t.site for t in plan.enum_terms)))
+    items, taken = [], set()
+    for group, names in raw_scan_groups(layout.contraction):
+        rows = [index.get(("model", site_of.get(n))) for n in names]
+        if not rows or rows[0] is None:
+            continue
+        first, start = rows[0]
+        scales = {layout.factor_plate_scale.get(n, 1.0) for n in names}
+        if len(scales) == 1 and all(r == (first, start + k) for k, r in enumerate(rows)):
+            items.append((id(group), first, start, start + len(names), scales.pop()))
+            taken.update(site_of[n] for n in names)
+    rest = tuple((t, key) for t, key in zip(plan.enum_terms, layout.keys) if t.site not in taken)
+    return _Links(tuple(items), rest, index)
+
+
+def _stacks(links, stacked):
+    """``id(scan group) -> its factors' stacked slice`` for this step, or None when a
+    linked group did not stack this step or one of its sites has a mask or another scale
+    (the site-by-site path then applies them)."""
+    stacks = {}
+    for group_id, first, start, stop, scale in links.items:
+        group = stacked.groups[first]
+        if group is None:
+            return None
+        try:  # one (mask, scale) pair for all the rows, in C: a set of them
+            (seen,) = set(map(_MASK_AND_SCALE, group.sites[start:stop]))
+        except (TypeError, ValueError):  # several pairs, or an unhashable scale
+            return None
+        mask, s = seen
+        if mask is not None or s.__class__ is not float or s != scale:
+            return None
+        stacks[group_id] = group.rows(start, stop)
+    return stacks
+
+
+_MASK_AND_SCALE = operator.itemgetter("mask", "scale")
 
 
 def plan_contraction_now(plan, records):

@@ -33,16 +33,18 @@ import torch
 from runtime.stacked_terms import restack
 
 
-def run_scan(spec, operands):
+def run_scan(spec, operands, stacks=None):
     """The log-sum over the chain of a ScanSpec: a tensor over ``spec.batch``.
 
     Args:
         spec: the ScanSpec.
         operands: the step's input tensors, in the step's input order, each laid out over
             its labels (as ``runtime.contract`` binds them).
+        stacks: optional ``id(group) -> tensor``: a raw group's factors already stacked
+            (its operands are then None), as ``torch.stack`` of them would give.
     """
-    steps = sum(_stack_role(groups, operands) for groups in spec.roles)
-    init = _init_vector(spec.init, operands) if spec.init else None     # (*batch, K)
+    steps = sum(_stack_role(groups, operands, stacks) for groups in spec.roles)
+    init = _init_vector(spec.init, operands, stacks) if spec.init else None  # (*batch, K)
     result = scaled_chain_sum(steps, init) if _eager() else None
     if result is None:
         product = chain_product(steps, spec.rounds, spec.tail_kernel)     # (*batch, K, K)
@@ -201,23 +203,25 @@ def log_of_product(x):
     return torch.where(zero, float("-inf"), torch.where(zero, 1.0, x).log())
 
 
-def _stack_role(groups, operands):
+def _stack_role(groups, operands, stacks=None):
     """One role's factors of every step, as one tensor (steps, *canonical shape)."""
     parts, order = [], ()
     for group in groups:
-        parts.append(_stack_group(group, operands))
+        parts.append(_stack_group(group, operands, stacks))
         order += group.steps
     if len(parts) == 1:
         return parts[0]
     return torch.cat(parts)[_inverse(order).to(parts[0].device)]
 
 
-def _stack_group(group, operands):
+def _stack_group(group, operands, stacks=None):
     n = len(group.positions)
-    tensors = [operands[p] for p in group.positions]
-    stacked = restack(tensors) if group.raw else None
+    stacked = stacks.get(id(group)) if stacks else None
     if stacked is None:
-        stacked = torch.stack(tensors)
+        tensors = [operands[p] for p in group.positions]
+        stacked = restack(tensors) if group.raw else None
+        if stacked is None:
+            stacked = torch.stack(tensors)
     if group.raw:
         if group.view_shape != group.source_shape:
             stacked = stacked.reshape((n,) + group.view_shape)
@@ -227,9 +231,9 @@ def _stack_group(group, operands):
     return stacked.permute(perm).reshape((n,) + group.shape)
 
 
-def _init_vector(groups, operands):
+def _init_vector(groups, operands, stacks=None):
     """The sum of the factors of x_0 alone, over (*batch, K)."""
-    return sum(_stack_group(group, operands).sum(0) for group in groups)
+    return sum(_stack_group(group, operands, stacks).sum(0) for group in groups)
 
 
 @lru_cache(maxsize=256)

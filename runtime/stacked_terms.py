@@ -3,10 +3,11 @@
 A model with a loop (a chain of N latents, an HMM's T steps) has many sites whose
 distributions differ only in their parameter values: same class, same parameter shapes,
 same value shape. Their log densities are computed here as one ``log_prob`` of a distribution
-whose parameters are the sites' parameters stacked along a new leftmost dim, then split
-back per site. Each element is computed by the same arithmetic as site by site, so the
-values are identical; the step just runs a handful of kernels (and backward nodes) instead
-of a handful per site.
+whose parameters are the sites' parameters stacked along a new leftmost dim. The result
+stays one tensor per group (``GroupLogProbs``): a parallel scan takes a slice of it as its
+stacked factors, and a site's own row is cut out only when something reads it. Each
+element is computed by the same arithmetic as site by site, so the values are identical;
+the step just runs a handful of kernels (and backward nodes) instead of a handful per site.
 
 Which sites stack is decided once per plan from its first step's records and cached beside
 the plan. The structure key fixes value shapes but not parameter shapes or classes, so each
@@ -35,7 +36,18 @@ _STACKABLE = (td.Normal, td.Categorical, td.Bernoulli, td.Poisson, td.Gamma, td.
 _STACKABLE_LOG_PROBS = frozenset(cls.log_prob for cls in _STACKABLE)
 MIN_GROUP = 3  # measured: stacking two sites costs more than their two log_probs; three gain
 
-_LAYOUTS = weakref.WeakKeyDictionary()  # plan -> tuple of _Group (or () when none)
+_LAYOUTS = weakref.WeakKeyDictionary()  # plan -> _Layout (empty when nothing stacks)
+
+
+class _Layout(tuple):
+    """A plan's groups (a tuple of ``_Group``), with ``index``: (program, site) -> (group
+    position, row)."""
+
+    def __new__(cls, groups):
+        layout = super().__new__(cls, groups)
+        layout.index = {(g.program, name): (i, row)
+                        for i, g in enumerate(groups) for row, name in enumerate(g.names)}
+        return layout
 
 
 class _Group:
@@ -54,8 +66,45 @@ class _Group:
         self.own_shape, self.out_shape = own_shape, out_shape
 
 
+class GroupLogProbs:
+    """One group's log densities in one tensor: row i of ``stack`` (expanded to
+    ``out_shape`` when that is set) is the unmasked log density of site ``names[i]``, whose
+    record is ``sites[i]``."""
+
+    __slots__ = ("program", "names", "sites", "stack", "out_shape")
+
+    def __init__(self, program, names, sites, stack, out_shape):
+        self.program, self.names, self.sites = program, names, sites
+        self.stack, self.out_shape = stack, out_shape
+
+    def rows(self, start, stop):
+        """Rows ``start:stop`` as one tensor (the sites' log densities, stacked): a slice,
+        with no tensor (nor backward node) per site."""
+        out = self.stack[start:stop] if start or stop != len(self.names) else self.stack
+        shape = self.out_shape
+        if shape is None:
+            return out
+        n = stop - start
+        pad = len(shape) - (out.dim() - 1)  # plate dims the rows gain by their expansion
+        if pad:
+            out = out.reshape((n,) + (1,) * pad + out.shape[1:])
+        return out.expand((n,) + tuple(shape))
+
+    def unbound(self):
+        """One tensor per site, each tagged as a row of this stack (``restack``)."""
+        out = self.out_shape
+        log_prob, n = self.stack, len(self.names)
+        if out is None:
+            rows = log_prob.unbind(0)
+        else:  # expanded once, then split: one expand (and one backward node), not one per site
+            rows = self.rows(0, n).unbind(0)
+        for i, lp in enumerate(rows):  # a scan stacking these again takes the stack itself
+            lp.__dict__[STACKED] = (self, i)
+        return rows
+
+
 def stacked_log_probs(plan, records):
-    """{(program, site): unmasked log density} for the plan's terms that stack.
+    """This step's log densities of the plan's terms that stack (``StackedLogProbs``).
 
     The other terms (and any group whose sites no longer fit it) are left to the caller's
     site-by-site path. Errors are never raised here: a group that fails is skipped, so the
@@ -64,23 +113,51 @@ def stacked_log_probs(plan, records):
     layout = _LAYOUTS.get(plan)
     if layout is None:
         names = [t.key for t in plan.terms] + [("model", t.site) for t in plan.enum_terms]
-        layout = _LAYOUTS[plan] = _plan_groups(records, dict.fromkeys(names))
+        layout = _LAYOUTS[plan] = _Layout(_plan_groups(records, dict.fromkeys(names)))
     if not layout:
         return _NONE
-    out = {}
+    results = []
     for group in layout:
         sites = records[group.program]
         try:
-            values = _group_log_probs(group, [sites[n] for n in group.names])
+            result = _group_log_probs(group, [sites[n] for n in group.names])
         except Exception:  # noqa: BLE001 - the caller's per-site path reports the real error
-            continue
-        if values is not None:
-            for name, lp in zip(group.names, values):
-                out[(group.program, name)] = lp
-    return out
+            result = None
+        results.append(result)
+    return StackedLogProbs(layout, results)
 
 
-_NONE = {}
+class StackedLogProbs:
+    """One step's stacked log densities: ``groups[i]`` is the ``GroupLogProbs`` of the
+    plan's i-th group (None where its sites no longer fit it); ``get((program, site))`` is a
+    site's own row, split out of its group's stack on first request (a scan that takes the
+    stacks whole never asks)."""
+
+    __slots__ = ("groups", "index", "_rows")
+
+    def __init__(self, layout, groups):
+        self.groups, self.index, self._rows = groups, layout.index, [None] * len(groups)
+
+    def get(self, key):
+        where = self.index.get(key)
+        if where is None:
+            return None
+        i, row = where
+        rows = self._rows[i]
+        if rows is None or (rows.__class__ is dict and row not in rows):
+            group = self.groups[i]
+            if group is None:
+                return None
+            if rows is None:  # one row asked for (a scan took the rest whole): cut it alone
+                lp = group.rows(row, row + 1)[0]
+                lp.__dict__[STACKED] = (group, row)
+                self._rows[i] = {row: lp}
+                return lp
+            rows = self._rows[i] = group.unbound()  # more: split the stack once
+        return rows[row]
+
+
+_NONE = {}  # no group: every ``get`` is None
 
 
 def _base(fn):
@@ -138,7 +215,7 @@ def _plan_groups(records, names):
 
 
 def _group_log_probs(group, sites):
-    """The group's log densities, one per site, or None when a site no longer fits."""
+    """The group's ``GroupLogProbs``, or None when a site no longer fits."""
     fns = [site["fn"] for site in sites]
     fns = [fn.__dict__.get(UNEXPANDED, fn) for fn in fns]  # (``_base``, inlined)
     first = fns[0]
@@ -171,17 +248,7 @@ def _group_log_probs(group, sites):
     log_prob = stacked.log_prob(values)
     if log_prob.shape[1:] != group.own_shape:
         return None
-    out = group.out_shape
-    if out is None:
-        log_probs = log_prob.unbind(0)
-    else:  # expanded once, then split: one expand (and one backward node), not one per site
-        extra = len(out) - len(group.own_shape)  # plate dims the sites' own shape lacks
-        padded = log_prob.reshape((n,) + (1,) * extra + tuple(group.own_shape)) if extra \
-            else log_prob
-        log_probs = padded.expand((n,) + tuple(out)).unbind(0)
-    for i, lp in enumerate(log_probs):  # a scan stacking these again takes the stack itself
-        lp.__dict__[STACKED] = (log_prob, i, group.out_shape)
-    return log_probs
+    return GroupLogProbs(group.program, group.names, sites, log_prob, group.out_shape)
 
 
 def _stack_rows(tensors):
@@ -204,27 +271,20 @@ def _stack_rows(tensors):
     return torch.stack(tensors)
 
 
-# a log density's attribute when it is row i of a stacked one: (stacked, i, expanded shape)
+# a log density's attribute when it is row i of a stacked one: (its GroupLogProbs, i)
 STACKED = "_svigraph_stacked"
 
 
 def restack(tensors):
     """``torch.stack(tensors)``, as a slice of the stack they were cut from when they are
-    consecutive rows of one (``_group_log_probs``'s results), else None: no stack and no
+    consecutive rows of one (``GroupLogProbs.unbound``), else None: no stack and no
     per-site backward nodes for a chain's factors."""
     first = tensors[0].__dict__.get(STACKED)
     if first is None:
         return None
-    base, start, shape = first
+    group, start = first
     for offset, t in enumerate(tensors):
         row = t.__dict__.get(STACKED)
-        if row is None or row[0] is not base or row[1] != start + offset:
+        if row is None or row[0] is not group or row[1] != start + offset:
             return None
-    n = len(tensors)
-    out = base[start:start + n]
-    if shape is None:
-        return out
-    pad = len(shape) - (out.dim() - 1)  # plate dims the rows gained by their expansion
-    if pad:
-        out = out.reshape((n,) + (1,) * pad + out.shape[1:])
-    return out.expand((n,) + tuple(shape))
+    return group.rows(start, start + len(tensors))

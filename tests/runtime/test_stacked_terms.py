@@ -88,9 +88,9 @@ def test_stacked_rows_expanded_to_more_dims_equal_site_by_site(monkeypatch):
     (group,) = stacked_terms._LAYOUTS[plan]
     assert len(group.out_shape) > len(group.own_shape)
     trace = sg.handlers.trace(broadcast_obs_model).get_trace(DATA)
-    values = stacked_terms._group_log_probs(group, [trace.nodes[n] for n in group.names])
-    assert values is not None
-    for name, value in zip(group.names, values):
+    result = stacked_terms._group_log_probs(group, [trace.nodes[n] for n in group.names])
+    assert result is not None
+    for name, value in zip(group.names, result.unbound()):
         assert value.shape == (4, 1) and torch.equal(value, site_log_prob(trace.nodes[name]))
     loss, grads = loss_and_grads(elbo, broadcast_obs_model, no_guide, DATA)
     monkeypatch.setattr(stacked_terms, "MIN_GROUP", 10 ** 9)
@@ -108,8 +108,8 @@ def test_each_stacked_value_equals_its_sites_log_prob():
     groups = stacked_terms._plan_groups({"model": sites}, [("model", n) for n in sites])
     assert [len(g.names) for g in groups] == [2 * N]  # every z and x: scalar Normals
     for group in groups:
-        values = stacked_terms._group_log_probs(group, [sites[n] for n in group.names])
-        for name, value in zip(group.names, values):
+        result = stacked_terms._group_log_probs(group, [sites[n] for n in group.names])
+        for name, value in zip(group.names, result.unbound()):
             assert torch.equal(value, site_log_prob(sites[name]))
 
 
@@ -184,55 +184,198 @@ def test_a_group_whose_batch_shape_changes_falls_back():
     assert loss == pytest.approx(expected, rel=1e-6)
 
 
-def test_a_scan_takes_the_stacked_log_densities_whole(monkeypatch):
-    """An HMM long enough for the parallel scan: the scan slices the stacked log densities
-    instead of stacking the per-site ones again, with the same loss and gradients as the
-    site-by-site path (whose factors the scan stacks itself)."""
+HMM_LONG = torch.linspace(-2.0, 2.0, 40 * 3).reshape(40, 3).sin() * 2.0
+
+
+def spy_on_stacks(monkeypatch):
+    """Record, per contraction, how many scan groups got their factors as whole stacks and
+    whether the per-site restack found any; returns the list it appends to."""
+    import runtime.executor as executor
     import runtime.scan as scan
 
-    data = torch.linspace(-2.0, 2.0, 40 * 3).reshape(40, 3).sin() * 2.0
-    taken = []
+    seen = []
+    real_execute, real_restack = executor.execute, scan.restack
 
-    def counting_restack(tensors):
-        out = stacked_terms.restack(tensors)
-        taken.append((len(tensors), out is not None))
+    def execute(*args, stacks=None, **kwargs):
+        seen.append(("stacks", len(stacks or ())))
+        return real_execute(*args, stacks=stacks, **kwargs)
+
+    def restack(tensors):
+        out = real_restack(tensors)
+        seen.append(("restack", len(tensors), out is not None))
         return out
 
-    monkeypatch.setattr(scan, "restack", counting_restack)
+    monkeypatch.setattr(executor, "execute", execute)
+    monkeypatch.setattr(scan, "restack", restack)
+    return seen
+
+
+def test_a_scan_takes_the_stacked_log_densities_whole(monkeypatch):
+    """An HMM long enough for the parallel scan: each role's factors reach the scan as a
+    slice of their group's stacked log densities (no tensor per site), with the same loss
+    and gradients as the site-by-site path (whose factors the scan stacks itself)."""
+    seen = spy_on_stacks(monkeypatch)
     sg.clear_param_store()
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
-    loss_and_grads(elbo, hmm_model, no_guide, data)
+    loss_and_grads(elbo, hmm_model, no_guide, HMM_LONG)
     plan = elbo.last_plan
     assert "scan" in str(plan.contraction)
-    loss, grads = loss_and_grads(elbo, hmm_model, no_guide, data, seed=1)
-    # the chain's step factors come whole from their stacks; x_0's initial vector (z_0's
-    # factor, a site of its own, with x_0's) is stacked as before
-    steps = [ok for n, ok in taken if n > 2]
-    assert steps and all(steps), taken
-    taken.clear()
+    seen.clear()
+    loss, grads = loss_and_grads(elbo, hmm_model, no_guide, HMM_LONG, seed=1)
+    # four roles' groups (z and x at odd and even steps) come whole; the initial vector
+    # (z_0's factor, a site of its own, with x_0's) is stacked from its two tensors
+    assert ("stacks", 4) in seen and ("restack", 2, False) in seen, seen
+    assert not [s for s in seen if s[0] == "restack" and s[1] > 2], seen
+    seen.clear()
     monkeypatch.setattr(stacked_terms, "MIN_GROUP", 10 ** 9)
     stacked_terms._LAYOUTS.pop(plan)
-    ref_loss, ref_grads = loss_and_grads(elbo, hmm_model, no_guide, data, seed=1)
-    assert taken and not any(ok for _, ok in taken), taken
+    ref_loss, ref_grads = loss_and_grads(elbo, hmm_model, no_guide, HMM_LONG, seed=1)
+    assert ("stacks", 0) in seen and not any(s[-1] for s in seen if s[0] == "restack"), seen
     torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
 
 
+def varied_hmm(data, how):
+    """``hmm_model`` with step 7's observation masked (by the distribution's ``mask`` or
+    by ``handlers.mask``); the caller may scale or mask the whole model."""
+    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]),
+                     constraint=sg.constraints.simplex)
+    locs = sg.param("locs", torch.tensor([-1.0, 1.0]))
+    keep = torch.tensor([True, False, True])
+    with sg.plate("seqs", data.shape[1], dim=-1):
+        z = 0
+        for t in sg.markov(range(data.shape[0])):
+            z = sg.sample(f"z{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
+            x = dist.Normal(locs[z], 1.0)
+            if t == 7 and how == "dist-mask":
+                sg.sample(f"x{t}", x.mask(keep), obs=data[t])
+            elif t == 7 and how == "handler-mask":
+                with sg.handlers.mask(mask=keep):
+                    sg.sample(f"x{t}", x, obs=data[t])
+            else:
+                sg.sample(f"x{t}", x, obs=data[t])
+
+
+# how many of the four roles' groups reach the scan whole
+WHOLE = {"plain": 4, "dist-mask": 3, "handler-mask": 0, "scaled": 0, "all-masked": 0}
+
+
+@pytest.mark.parametrize("how", list(WHOLE))
+def test_a_masked_or_scaled_site_keeps_the_per_site_path(how, monkeypatch):
+    """A masked distribution is a site of another class: its group's role is stacked site
+    by site (the other roles come whole). A mask or a scale from a handler is not part of
+    the structure key: each step checks for one, and a step with one runs its factors the
+    site-by-site way, masked and scaled. Loss and gradients equal the path with no
+    stacking at all."""
+    def model(data):
+        if how == "scaled":
+            with sg.handlers.scale(scale=0.5):
+                varied_hmm(data, how)
+        elif how == "all-masked":  # every site the same mask: one (mask, scale) pair
+            with sg.handlers.mask(mask=torch.tensor([True, False, True])):
+                varied_hmm(data, how)
+        else:
+            varied_hmm(data, how)
+
+    seen = stacked_step_equals_site_by_site(model, monkeypatch)
+    assert [s for s in seen if s[0] == "stacks"] == [("stacks", WHOLE[how])], seen
+
+
+def subsampled_hmm(data):
+    """``hmm_model`` in a subsampled plate of sequences: every site has the plate's scale,
+    which the contraction applies; the whole-stack path is taken all the same."""
+    trans = sg.param("trans", torch.tensor([[0.8, 0.2], [0.3, 0.7]]),
+                     constraint=sg.constraints.simplex)
+    locs = sg.param("locs", torch.tensor([-1.0, 1.0]))
+    with sg.plate("seqs", 6, subsample=torch.tensor([0, 2, 5]), dim=-1):
+        z = 0
+        for t in sg.markov(range(data.shape[0])):
+            z = sg.sample(f"z{t}", dist.Categorical(trans[z]), infer={"enumerate": "parallel"})
+            sg.sample(f"x{t}", dist.Normal(locs[z], 1.0), obs=data[t])
+
+
+def test_a_subsampled_plate_scale_goes_with_the_stacks(monkeypatch):
+    seen = stacked_step_equals_site_by_site(subsampled_hmm, monkeypatch)
+    assert ("stacks", 4) in seen, seen
+
+
+def stacked_step_equals_site_by_site(model, monkeypatch):
+    """Take a step of ``model`` on ``HMM_LONG`` (after a first one), then the same step with
+    nothing stacked; assert equal losses and gradients. Returns what ``spy_on_stacks`` saw
+    during the stacked step."""
+    seen = spy_on_stacks(monkeypatch)
+    sg.clear_param_store()
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    loss_and_grads(elbo, model, no_guide, HMM_LONG)
+    plan = elbo.last_plan
+    seen.clear()
+    loss, grads = loss_and_grads(elbo, model, no_guide, HMM_LONG, seed=1)
+    stacked_seen = list(seen)
+    monkeypatch.setattr(stacked_terms, "MIN_GROUP", 10 ** 9)
+    stacked_terms._LAYOUTS.pop(plan)
+    ref_loss, ref_grads = loss_and_grads(elbo, model, no_guide, HMM_LONG, seed=1)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
+    return stacked_seen
+
+
+def test_terms_of_whole_stacks_are_the_site_by_site_terms():
+    """``LossParts.terms`` when the scan took stacks whole: the same keys in the same
+    order, each equal to the site's own masked log density, cut from the stacks when read."""
+    from runtime.executor import run_plan
+    from svigraph.recording import record
+
+    sg.clear_param_store()
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    loss_and_grads(elbo, hmm_model, no_guide, HMM_LONG)
+    plan = elbo.last_plan
+    run_model, run_guide = elbo._programs(hmm_model, no_guide)
+    guide_rec, model_rec = record(run_model, run_guide, (HMM_LONG,), {})
+    records = {"guide": guide_rec.sites, "model": model_rec.sites}
+    parts = run_plan(plan, records)
+    assert type(parts.terms) is not dict  # the whole-stack path, terms deferred
+    keys = [t.key for t in plan.terms] + [t.key for t in plan.enum_terms]
+    assert list(parts.terms) == keys and len(parts.terms) == len(keys)
+    for key, value in parts.terms.items():
+        assert torch.equal(value, site_log_prob(model_rec.sites[key[1]])), key
+
+
 def test_restack_only_takes_consecutive_rows_of_one_stack():
     base = torch.randn(5, 3, requires_grad=True) * 1.0
-    sg.clear_param_store()
-    rows = base.unbind(0)
-    for i, row in enumerate(rows):
-        row.__dict__[stacked_terms.STACKED] = (base, i, None)
+    group = stacked_terms.GroupLogProbs("model", tuple("abcde"), [{}] * 5, base, None)
+    rows = group.unbound()
     assert torch.equal(stacked_terms.restack(list(rows[1:4])), base[1:4])
     assert stacked_terms.restack([rows[0], rows[2]]) is None          # not consecutive
     assert stacked_terms.restack([rows[1], rows[0]]) is None          # not in order
     assert stacked_terms.restack([rows[0], base[1].clone()]) is None  # not all from the stack
-    expanded = [r.expand(2, 3) for r in rows]
-    for i, row in enumerate(expanded):
-        row.__dict__[stacked_terms.STACKED] = (base, i, (2, 3))
-    assert torch.equal(stacked_terms.restack(expanded), torch.stack(expanded))
+    other = stacked_terms.GroupLogProbs("model", tuple("abcde"), [{}] * 5, base, None)
+    assert stacked_terms.restack([rows[0], other.unbound()[1]]) is None  # two stacks
+    wide = stacked_terms.GroupLogProbs("model", tuple("abcde"), [{}] * 5, base, (2, 3))
+    expanded = wide.unbound()
+    assert all(r.shape == (2, 3) for r in expanded)
+    assert torch.equal(stacked_terms.restack(list(expanded)), torch.stack(expanded))
+    assert torch.equal(stacked_terms.restack(list(expanded[2:])), torch.stack(expanded[2:]))
+
+
+def test_a_row_asked_for_alone_is_cut_alone_and_restacks_with_the_rest():
+    """``StackedLogProbs.get``: the first row asked of a group is cut by itself (a scan
+    that took the rest whole needs no split of the whole stack); a second splits it all.
+    Rows cut either way restack as one slice."""
+    base = torch.randn(4, 3, requires_grad=True) * 1.0
+    group = stacked_terms.GroupLogProbs("model", tuple("abcd"), [{}] * 4, base, None)
+    layout = stacked_terms._Layout([stacked_terms._Group("model", tuple("abcd"), None, 0, 0,
+                                                         (3,), (), (3,), None)])
+    stacked = stacked_terms.StackedLogProbs(layout, [group])
+    first = stacked.get(("model", "b"))
+    assert torch.equal(first, base[1]) and stacked._rows[0].__class__ is dict
+    assert stacked.get(("model", "b")) is first
+    rest = [stacked.get(("model", n)) for n in "acd"]
+    assert type(stacked._rows[0]) is tuple
+    assert all(torch.equal(r, base[i]) for r, i in zip(rest, (0, 2, 3)))
+    assert torch.equal(stacked_terms.restack([rest[0], first, rest[1]]), base[:3])
+    assert stacked.get(("model", "z")) is None and stacked.get(("guide", "a")) is None
 
 
 def test_rows_that_are_one_tensor_are_broadcast_not_copied():
