@@ -390,15 +390,17 @@ class ELBO:
             for _ in range(self._runs):
                 parts = self._particle(model, guide, args, kwargs, site_scales=site_scales)
                 total = parts.loss() if total is None else total + parts.loss()
+            # one particle: its loss's float, read by the finite check, is the step's loss
+            # value (a weak reference: the step's autograd graph is not kept alive by this)
+            last = (weakref.ref(total), parts.loss_value) \
+                if self.num_particles == 1 and total is parts.loss() else None
+            # the step's records and terms go now, while the collector is off: the
+            # collection its re-enabling triggers then scans only what outlives the step
+            # (at T=1,000 HMM sites, 7 ms a step otherwise)
+            del parts
         self.step_count += 1
-        if self.num_particles != 1:
-            self._last_value = None
-            return total / self.num_particles
-        # one particle: its loss's float, read by the finite check, is the step's loss value
-        # (a weak reference: the step's autograd graph is not kept alive by this)
-        self._last_value = (weakref.ref(total), parts.loss_value) \
-            if total is parts.loss() else None
-        return total
+        self._last_value = last
+        return total if self.num_particles == 1 else total / self.num_particles
 
     def loss_value(self, loss):
         """``float(loss)`` for a tensor ``differentiable_loss`` returned: the value read by
