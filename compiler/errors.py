@@ -104,6 +104,19 @@ def duplicate_site(name):
         f'give each its own name; in a loop, e.g. sg.sample(f"{name}_{{i}}", ...)', site=name)
 
 
+class ObservationError(SvigraphError, TypeError):
+    """An observed value (``obs=``) that is not a tensor."""
+
+
+def obs_not_a_tensor(name, obs):
+    shown = repr(obs) if isinstance(obs, (int, float, bool)) else "..."
+    return ObservationError(
+        f"site {name!r}: obs must be a tensor, got {type(obs).__name__}",
+        ["log densities, plates and shapes are computed on tensors"],
+        f"pass obs=torch.tensor({shown}) (or torch.as_tensor(...) for arrays and lists)",
+        site=name)
+
+
 class MeanFieldError(SvigraphError, ValueError):
     """An analytic KL term (TraceMeanField_ELBO) cannot stand in for log p - log q here.
 

@@ -4,6 +4,6 @@ from compiler.errors import (DuplicateSiteError, EnumerationError, ModelGuideMis
                              ParamError, PlateError, ShapeMismatchError, SupportError,
                              SvigraphError, TracingError)
 from compiler.baselines import BaselineError  # noqa: F401
-from compiler.errors import MeanFieldError  # noqa: F401
+from compiler.errors import MeanFieldError, ObservationError  # noqa: F401
 from compiler.errors import EnumerationWarning, SvigraphWarning  # noqa: F401
 from svigraph.serialization import UnsafeFileError  # noqa: F401

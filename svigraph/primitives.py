@@ -7,7 +7,7 @@ from collections import namedtuple
 
 import torch
 
-from compiler.errors import PlateError
+from compiler.errors import PlateError, obs_not_a_tensor
 from runtime.terms import LAZY_EXPANDED, UNEXPANDED
 from svigraph import effects
 from svigraph.effects import Messenger, apply_stack, new_message
@@ -38,6 +38,8 @@ def sample(name, fn, *args, obs=None, obs_mask=None, infer=None, **kwargs):
         if obs is not None:
             return obs
         return fn.rsample() if fn.has_rsample else fn.sample()
+    if obs is not None and not isinstance(obs, torch.Tensor):
+        raise obs_not_a_tensor(name, obs)
     if stack[0].__class__ is Recorder:
         msg = _recorded(stack, name, fn, obs, infer)
         if msg is not None:
@@ -97,9 +99,9 @@ def _recorded(stack, name, fn, obs, infer):
     recorder = stack[0]
     recorder.process_message(msg)
     effects.default_process(msg)
-    recorder.postprocess_message(msg)
     for h in reversed(handlers):
         h.postprocess_message(msg)
+    recorder.record_final(msg)  # (the recorder's own postprocessing: the message is final)
     return msg
 
 

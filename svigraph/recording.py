@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch.distributions import Distribution
 
 from compiler.errors import duplicate_site
+from runtime.records import site_signature, structure_key
 from svigraph.effects import Messenger
 
 
@@ -19,15 +20,21 @@ class Recorder(Messenger):
     Args:
         replay: a Recorder of an earlier run (the guide's) whose unobserved sample values and
             plate subsamples this run reuses.
+
+    ``signatures`` holds each sample site's ``site_signature`` as it was recorded, while its
+    message is at hand (read from the records after the run, they cost several times more:
+    the run has pushed them out of the CPU's caches); None once a site was recorded through
+    the general handler path, where inner handlers may still change its message.
     """
 
-    __slots__ = ("fn", "sites", "params", "subsamples", "_replay")
+    __slots__ = ("fn", "sites", "params", "subsamples", "signatures", "_replay")
 
     def __init__(self, replay=None):
         self.fn = None
         self.sites = {}
         self.params = {}
         self.subsamples = {}
+        self.signatures = []
         self._replay = replay
 
     def process_message(self, msg):
@@ -51,10 +58,22 @@ class Recorder(Messenger):
             if name in self.sites:
                 raise duplicate_site(name)
             self.sites[name] = msg
+            self.signatures = None  # inner handlers' postprocessing comes after this
         elif kind == "param":
             self.params[msg["name"]] = msg["value"]
         elif kind == "subsample":
             self.subsamples[msg["name"]] = msg
+
+    def record_final(self, msg):
+        """Record a sample site whose message no handler changes any more (svigraph's own
+        step: ``primitives._recorded`` calls this after every handler's postprocessing)."""
+        name = msg["name"]
+        if name in self.sites:
+            raise duplicate_site(name)
+        self.sites[name] = msg
+        signatures = self.signatures
+        if signatures is not None:
+            signatures.append(site_signature(msg))
 
     def replay_trace(self):
         """The recorded values as a name -> site mapping, for ``handlers.replay``."""
@@ -82,6 +101,15 @@ class torch_checks:
 
     def __exit__(self, *exc):
         Distribution._validate_args = self.saved
+
+
+def recorded_structure_key(guide_rec, model_rec, args_key=()):
+    """``runtime.records.structure_key`` of two Recorders' runs, from the signatures they
+    took while recording when both have them."""
+    guide_sigs, model_sigs = guide_rec.signatures, model_rec.signatures
+    if guide_sigs is None or model_sigs is None:
+        return structure_key(guide_rec.sites, model_rec.sites, args_key)
+    return tuple(guide_sigs), tuple(model_sigs), args_key
 
 
 def record(model, guide, args, kwargs, validate=True):

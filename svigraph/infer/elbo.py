@@ -32,12 +32,12 @@ from compiler.errors import NonFiniteLossError
 from runtime.baselines import BaselineState
 from runtime.executor import (carry_contraction, check_finite, plan_contraction_now,
                               run_plan)
-from runtime.records import args_signature, structure_key
+from runtime.records import args_signature
 from runtime.terms import broadcast_shape
 from compiler.baselines import PARTICLE_PLATE
 from svigraph.params import get_param_store
 from svigraph.primitives import _Factor, plate
-from svigraph.recording import record, torch_checks
+from svigraph.recording import record, recorded_structure_key, torch_checks
 from svigraph.tensor_memo import UnchangedTensorMemo
 from svigraph.tracing import trace_graph
 
@@ -289,7 +289,7 @@ class ELBO:
     def _plan_for(self, model, guide, args, kwargs, guide_rec, model_rec):
         """The cached plan for this run's structure, compiled if new. ``model`` and ``guide``
         are the user's functions (the cache's keys); tracing runs them as ``_programs``."""
-        key = structure_key(guide_rec.sites, model_rec.sites, args_signature(args, kwargs))
+        key = recorded_structure_key(guide_rec, model_rec, args_signature(args, kwargs))
         cache = self._cache(model, guide)
         plan = cache.get(key)
         if plan is None:

@@ -547,6 +547,69 @@ def test_a_steps_records_are_freed_before_the_collector_resumes(kind, monkeypatc
     assert made and alive == [0]
 
 
+KEY_CASES = {**CASES, "hmm-enum": (hmm_model, no_guide,
+                                   lambda: TraceEnum_ELBO(max_plate_nesting=1),
+                                   lambda: (torch.tensor([[0.1, -1.0], [1.2, 0.4], [-0.7, 0.9]]),))}
+
+
+@pytest.mark.parametrize("case", sorted(KEY_CASES))
+def test_signatures_taken_while_recording_make_the_structure_key(case):
+    """Each site's signature, taken as the step records it, gives the structure key that
+    the finished records give (the plan cache's key)."""
+    from runtime.records import args_signature, structure_key
+    from svigraph.recording import record, recorded_structure_key
+
+    model, guide, make_elbo, make_args = KEY_CASES[case]
+    elbo, args = make_elbo(), make_args()
+    elbo.differentiable_loss(model, guide, *args)
+    run_model, run_guide = elbo._programs(model, guide)
+    guide_rec, model_rec = record(run_model, run_guide, args, {})
+    assert guide_rec.signatures is not None and model_rec.signatures is not None
+    assert len(model_rec.signatures) == len(model_rec.sites) > 0
+    key = recorded_structure_key(guide_rec, model_rec, ("args",))
+    assert key == structure_key(guide_rec.sites, model_rec.sites, ("args",))
+    assert recorded_structure_key(guide_rec, model_rec, args_signature(args, {})) \
+        == elbo.last_plan.key  # the plan this structure compiled to is found under it
+
+
+def test_a_handler_that_changes_a_recorded_site_gets_the_key_of_the_final_records():
+    """A user's handler sits inside the recorder and postprocesses after it: a site it
+    changes is keyed as it finally is (the signatures taken while recording are dropped)."""
+    from runtime.records import structure_key
+    from svigraph.recording import record, recorded_structure_key
+
+    class Widen(Messenger):
+        def postprocess_message(self, msg):
+            if msg["type"] == "sample" and msg["name"] == "obs":
+                msg["value"] = msg["value"].expand(2, -1)
+
+    def model(flips):
+        with Widen():
+            coin_model(flips)
+
+    guide_rec, model_rec = record(model, coin_pathwise_guide, (FLIPS,), {})
+    assert model_rec.signatures is None and guide_rec.signatures is not None
+    key = recorded_structure_key(guide_rec, model_rec)
+    assert key == structure_key(guide_rec.sites, model_rec.sites)
+    assert (2, len(FLIPS)) in [tuple(sig[2]) for sig in key[1]]
+
+
+@pytest.mark.parametrize("obs", [0.5, 1, [1.0, 0.0]])
+def test_an_observed_value_that_is_not_a_tensor_names_the_site(obs):
+    def model():
+        f = sg.sample("f", dist.Beta(2.0, 2.0))
+        sg.sample("flip", dist.Bernoulli(f), obs=obs)
+
+    def guide():
+        sg.sample("f", dist.Beta(sg.param("a", torch.tensor(2.0), constraint=positive), 2.0))
+
+    sg.clear_param_store()
+    with pytest.raises(sg.errors.ObservationError, match="'flip'.*tensor") as err:
+        Trace_ELBO().differentiable_loss(model, guide)
+    assert err.value.site == "flip" and "torch.tensor(" in str(err.value)
+    assert isinstance(err.value, TypeError)
+
+
 def test_plate_expanded_factor_keeps_its_log_density():
     """A factor's log density ignores its value: broadcast over the plates it sits in, a
     scalar factor under a plate of 3 counts three times (as the full log_prob says)."""
