@@ -105,16 +105,17 @@ def duplicate_site(name):
 
 
 class ObservationError(SvigraphError, TypeError):
-    """An observed value (``obs=``) that is not a tensor."""
+    """An observed value (``obs=``, or ``condition``'s data) that is not a tensor."""
 
 
-def obs_not_a_tensor(name, obs):
-    shown = repr(obs) if isinstance(obs, (int, float, bool)) else "..."
+def obs_not_a_tensor(name, obs, by_condition=False):
+    shown = f"torch.tensor({obs!r})" if isinstance(obs, (int, float, bool)) else "torch.as_tensor(...)"
+    given = "condition's value for it" if by_condition else "obs"
+    fix = f"condition(data={{{name!r}: {shown}}})" if by_condition else f"obs={shown}"
     return ObservationError(
-        f"site {name!r}: obs must be a tensor, got {type(obs).__name__}",
+        f"site {name!r}: {given} must be a tensor, got {type(obs).__name__}",
         ["log densities, plates and shapes are computed on tensors"],
-        f"pass obs=torch.tensor({shown}) (or torch.as_tensor(...) for arrays and lists)",
-        site=name)
+        f"pass {fix}", site=name)
 
 
 class MeanFieldError(SvigraphError, ValueError):

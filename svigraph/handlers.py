@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from compiler.errors import EnumerationError
+from compiler.errors import EnumerationError, obs_not_a_tensor
 from runtime.support import enumerated_support  # noqa: F401  (re-exported)
 from svigraph import effects, primitives
 from svigraph.effects import Messenger
@@ -102,6 +102,8 @@ class condition(Messenger):
         value = self.data[msg["name"]]
         if isinstance(value, dict):  # a Trace's site
             value = value["value"]
+        if not isinstance(value, torch.Tensor):
+            raise obs_not_a_tensor(msg["name"], value, by_condition=True)
         msg["value"] = value
         msg["is_observed"] = True
 

@@ -606,8 +606,26 @@ def test_an_observed_value_that_is_not_a_tensor_names_the_site(obs):
     sg.clear_param_store()
     with pytest.raises(sg.errors.ObservationError, match="'flip'.*tensor") as err:
         Trace_ELBO().differentiable_loss(model, guide)
-    assert err.value.site == "flip" and "torch.tensor(" in str(err.value)
+    fix = f"obs=torch.tensor({obs!r})" if not isinstance(obs, list) else "obs=torch.as_tensor("
+    assert err.value.site == "flip" and fix in str(err.value)
     assert isinstance(err.value, TypeError)
+
+
+def test_a_conditioned_value_that_is_not_a_tensor_names_the_site():
+    def model():
+        f = sg.sample("f", dist.Beta(2.0, 2.0))
+        sg.sample("flip", dist.Bernoulli(f))
+
+    def guide():
+        sg.sample("f", dist.Beta(sg.param("a", torch.tensor(2.0), constraint=positive), 2.0))
+
+    sg.clear_param_store()
+    conditioned = sg.handlers.condition(model, data={"flip": 1.0})
+    with pytest.raises(sg.errors.ObservationError, match="'flip': condition") as err:
+        Trace_ELBO().differentiable_loss(conditioned, guide)
+    assert "condition(data={'flip': torch.tensor(1.0)})" in str(err.value)
+    ok = sg.handlers.condition(model, data={"flip": torch.tensor(1.0)})
+    assert torch.isfinite(Trace_ELBO().differentiable_loss(ok, guide))
 
 
 def test_plate_expanded_factor_keeps_its_log_density():
