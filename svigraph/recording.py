@@ -54,10 +54,7 @@ class Recorder(Messenger):
     def postprocess_message(self, msg):
         kind = msg["type"]
         if kind == "sample":
-            name = msg["name"]
-            if name in self.sites:
-                raise duplicate_site(name)
-            self.sites[name] = msg
+            self._add_site(msg)
             self.signatures = None  # inner handlers' postprocessing comes after this
         elif kind == "param":
             self.params[msg["name"]] = msg["value"]
@@ -67,13 +64,16 @@ class Recorder(Messenger):
     def record_final(self, msg):
         """Record a sample site whose message no handler changes any more (svigraph's own
         step: ``primitives._recorded`` calls this after every handler's postprocessing)."""
+        self._add_site(msg)
+        signatures = self.signatures
+        if signatures is not None:
+            signatures.append(site_signature(msg))
+
+    def _add_site(self, msg):
         name = msg["name"]
         if name in self.sites:
             raise duplicate_site(name)
         self.sites[name] = msg
-        signatures = self.signatures
-        if signatures is not None:
-            signatures.append(site_signature(msg))
 
     def replay_trace(self):
         """The recorded values as a name -> site mapping, for ``handlers.replay``."""

@@ -62,14 +62,14 @@ from runtime.capture import (BACKENDS, CapturedStep, CaptureRefused, Precomputed
                              capture_step, compile_captured, count_aten_ops, count_ops,
                              fresh_outputs, simplify)
 from runtime.executor import run_plan
-from runtime.records import structure_key, args_signature
+from runtime.records import args_signature
 from runtime.scan import log_space_rounds
 from svigraph.effects import Messenger
 from svigraph.infer.trace_elbo import Trace_ELBO, TraceGraph_ELBO
 from svigraph.infer.traceenum_elbo import TraceEnum_ELBO
 from svigraph.ops.provenance import parameters_lent
 from svigraph.params import get_param_store, param_transform
-from svigraph.recording import record
+from svigraph.recording import record, recorded_structure_key
 
 _PYRO_JIT_OPTIONS = ("check_trace", "optimize")  # torch.jit.trace's; meaningless here
 MAX_INDUCTOR_OPS = 3_000  # default jit_options max_ops: larger steps replay their forward pass
@@ -563,7 +563,7 @@ class _JitELBO:
             with _ParamInputs(dict(zip(entry.names, leaves))), parameters_lent() as lent:
                 for _ in range(runs):
                     guide_rec, model_rec = record(run_model, run_guide, call_args, call_kwargs)
-                    if structure_key(guide_rec.sites, model_rec.sites, signature) != plan.key:
+                    if recorded_structure_key(guide_rec, model_rec, signature) != plan.key:
                         raise CaptureRefused("the structure changed between the eager step "
                                              "and the capture")
                     records = {"guide": guide_rec.sites, "model": model_rec.sites}
