@@ -6,7 +6,7 @@ round halves the stack, so the sequential depth is ceil(log2 T) batched operatio
 T. An odd element left over by a round is set aside and multiplied in, in order, at the end.
 The initial vector (the factors of x_0 alone) is added last, and both chain ends summed out.
 
-An eager step first tries the scaled chain (``scaled_chain_sum``): the steps are
+An eager step first tries the scaled chain (``_scaled_rounds``): the steps are
 exponentiated once, each shifted by its own maximum, and the rounds are plain matrix
 products, each divided by its maximum, the logs of the shifts summed on the side in float64.
 A few tensor operations a round instead of a dozen, and more accurate gradients. It holds every
@@ -43,10 +43,13 @@ def run_scan(spec, operands, stacks=None):
         stacks: optional ``id(group) -> tensor``: a raw group's factors already stacked
             (its operands are then None), as ``torch.stack`` of them would give.
     """
-    steps = sum(_stack_role(groups, operands, stacks) for groups in spec.roles)
     init = _init_vector(spec.init, operands, stacks) if spec.init else None  # (*batch, K)
-    result = scaled_chain_sum(steps, init) if _eager() else None
+    result = None
+    if _eager():
+        by_step, order = _steps_by_matrix_entry(spec, operands, stacks)
+        result = _scaled_rounds(by_step, _round_index(order, by_step.device), init)
     if result is None:
+        steps = sum(_stack_role(groups, operands, stacks) for groups in spec.roles)
         product = chain_product(steps, spec.rounds, spec.tail_kernel)     # (*batch, K, K)
         if init is not None:
             product = product + init.unsqueeze(-1)
@@ -67,31 +70,41 @@ def scaled_chain_sum(steps, init=None):
     ``steps`` M of shape (n, *batch, K, K) and ``init`` (*batch, K) (zeros when None), in
     linear space with per-matrix scales (see the module docstring); or None when some entry
     falls below ``SCALED_FLOOR`` of its matrix's maximum (or is nan), where only the
-    log-space rounds are exact. The scales are detached constants, so gradients are exact.
+    log-space rounds are exact. The scales are detached constants, so gradients are exact."""
+    n = steps.shape[0]
+    by_step = steps.permute((steps.dim() - 2, steps.dim() - 1) + tuple(range(steps.dim() - 2)))
+    return _scaled_rounds(by_step, _round_index(tuple(range(n)), steps.device), init)
 
-    The matrices are laid out (K, K, n, batch), so each round's products are elementwise
-    operations along the contiguous stack-and-batch dims: a batched ``matmul`` of thousands
-    of tiny matrices costs several times more, forward and backward."""
-    n, K = steps.shape[0], steps.shape[-1]
-    if n == 0 or steps.dtype not in (torch.float32, torch.float64):
+
+def _scaled_rounds(by_step, index, init):
+    """``scaled_chain_sum`` of steps laid out (K, K, n, *batch) (row, column, step, batch),
+    in the order that ``index`` (from ``_round_index``) puts in round order.
+
+    In round order each round's left factors are one contiguous block and its right factors
+    the next, and the entries of every matrix lie along the contiguous step-and-batch dims:
+    each round is a few elementwise operations over contiguous memory (a batched ``matmul``
+    of thousands of tiny matrices costs several times more, forward and backward)."""
+    K, n = by_step.shape[0], by_step.shape[2]
+    if n == 0 or by_step.dtype not in (torch.float32, torch.float64):
         return None
-    batch = steps.shape[1:-2]
+    batch = by_step.shape[3:]
     if init is not None and init.shape[:-1] != batch:  # broadcast both to the whole batch
         batch = torch.broadcast_shapes(batch, init.shape[:-1])
-        steps, init = steps.expand((n,) + batch + (K, K)), init.expand(batch + (K,))
-    shift = steps.detach().amax((-2, -1), keepdim=True)               # (n, *batch, 1, 1)
-    scaled = torch.exp(steps - shift).reshape(n, -1, K, K).permute(2, 3, 0, 1).contiguous()
+        by_step, init = by_step.expand((K, K, n) + batch), init.expand(batch + (K,))
+    shift = by_step.detach().amax((0, 1), keepdim=True)               # (1, 1, n, *batch)
+    scaled = torch.index_select(torch.exp(by_step - shift), 2, index).reshape(K, K, n, -1)
     if not bool(scaled.detach().amin() > SCALED_FLOOR):
         return None  # the steps themselves span too much: no rounds spent finding out
-    log_scale = shift.sum(0, dtype=torch.float64).reshape(1, 1, -1)   # (1, 1, batch)
+    log_scale = shift.sum(2, dtype=torch.float64).reshape(1, 1, -1)   # (1, 1, batch)
     floors = []
     leftovers = []
     while scaled.shape[2] > 1:
         m = scaled.shape[2]
+        pairs = m // 2
         if m % 2:
             leftovers.append(scaled[:, :, m - 1])
         scaled, log_scale = _rescaled(
-            _product(scaled[:, :, 0:m - 1:2], scaled[:, :, 1:m:2]), log_scale, floors,
+            _product(scaled[:, :, :pairs], scaled[:, :, pairs:2 * pairs]), log_scale, floors,
             stacked=True)
     product = scaled[:, :, 0]
     for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
@@ -107,6 +120,51 @@ def scaled_chain_sum(steps, init=None):
         total = (weights.unsqueeze(1) * product).sum((0, 1))
         log_scale = log_scale + top.reshape(1, 1, -1)
     return (total.log() + log_scale.reshape(-1).to(total.dtype)).reshape(batch)
+
+
+def round_order(n):
+    """The steps 0..n-1 in round order: a round over m matrices in this order finds the left
+    factors of its pairs (even steps) first, then the right ones (odd steps), then the odd
+    one out, if any, each block in the next round's order, so its products come out in that
+    order too."""
+    if n <= 1:
+        return tuple(range(n))
+    inner = round_order(n // 2)
+    tail = (n - 1,) if n % 2 else ()
+    return tuple(2 * i for i in inner) + tuple(2 * i + 1 for i in inner) + tail
+
+
+@lru_cache(maxsize=64)
+def _round_index(order, device):
+    """Index along the step dim putting steps stacked in ``order`` into round order."""
+    position = {step: i for i, step in enumerate(order)}
+    return torch.tensor([position[step] for step in round_order(len(order))], device=device)
+
+
+def _steps_by_matrix_entry(spec, operands, stacks):
+    """The step matrices, each role's factors summed, laid out (K, K, n, *batch), and the
+    order of their steps along dim 2 (the roles' groups, concatenated)."""
+    total, order = None, None
+    for groups in spec.roles:
+        parts, role_order = [], ()
+        for group in groups:
+            part = _stack_group(group, operands, stacks)         # (steps, *batch, K, K)
+            d = part.dim()
+            parts.append(part.permute((d - 2, d - 1) + tuple(range(d - 2))))
+            role_order += group.steps
+        role = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
+        if order is None:
+            order = role_order
+        elif role_order != order:  # this role's steps in the first role's order
+            role = torch.index_select(role, 2, _reorder_index(role_order, order, role.device))
+        total = role if total is None else total + role
+    return total, order
+
+
+@lru_cache(maxsize=64)
+def _reorder_index(have, want, device):
+    position = {step: i for i, step in enumerate(have)}
+    return torch.tensor([position[step] for step in want], device=device)
 
 
 # A round's broadcast product holds K**3 times its matrices' entries: above this many, the

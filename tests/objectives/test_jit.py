@@ -589,15 +589,15 @@ def test_forward_capture_is_checked_against_log_space_scans(monkeypatch):
     still made."""
     import runtime.scan
 
-    exact = runtime.scan.scaled_chain_sum
+    exact = runtime.scan._scaled_rounds
     calls = []
 
-    def off(steps, init=None):
-        result = exact(steps, init)
+    def off(by_step, index, init=None):
+        result = exact(by_step, index, init)
         calls.append(result is not None)
         return None if result is None else result * 1.01
 
-    monkeypatch.setattr(runtime.scan, "scaled_chain_sum", off)
+    monkeypatch.setattr(runtime.scan, "_scaled_rounds", off)
     elbo = JitTraceEnum_ELBO(max_plate_nesting=1, jit_options=FORWARD)
     run_steps(elbo, hmm_model, no_guide, (HMM_DATA,), steps=3)
     assert calls and all(calls)  # the eager step did take the linear-space path

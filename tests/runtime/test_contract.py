@@ -17,7 +17,7 @@ from compiler.enumeration_reference import naive_sum_product
 from compiler.errors import EnumerationError, ShapeMismatchError
 from runtime.contract import build_kernel, canonical_equation, execute, execute_partial
 import runtime.scan
-from runtime.scan import SCALED_FLOOR, chain_product, log_matmul, scaled_chain_sum
+from runtime.scan import SCALED_FLOOR, chain_product, log_matmul, round_order, scaled_chain_sum
 
 KERNELS = {"broadcast": {}, "einsum": {"broadcast_limit": 0}}
 
@@ -248,14 +248,16 @@ def scan_path(request, monkeypatch):
     alone (the scaled chain declining, as it does where it would lose precision)."""
     taken = []
 
-    def scaled(steps, init=None):
+    exact = runtime.scan._scaled_rounds
+
+    def scaled(by_step, index, init=None):
         if request.param == "log-space":
             return None
-        result = scaled_chain_sum(steps, init)
+        result = exact(by_step, index, init)
         taken.append(result is not None)
         return result
 
-    monkeypatch.setattr(runtime.scan, "scaled_chain_sum", scaled)
+    monkeypatch.setattr(runtime.scan, "_scaled_rounds", scaled)
     yield request.param
     assert request.param == "log-space" or (taken and all(taken))
 
@@ -268,6 +270,26 @@ def exact_chain_sum(steps, init=None):
     if init is not None:
         product = product + init[..., :, None]
     return torch.logsumexp(product.flatten(-2), -1)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5, 6, 7, 99, 100, 999])
+def test_round_order_pairs_neighbours_in_contiguous_halves(n):
+    """Halving rounds over the steps in round order, each pairing its first half with its
+    second (the odd one out set aside, multiplied in at the end), multiply neighbours only
+    and give the chain in order: products here are concatenations, which do not commute."""
+    items = [(step,) for step in round_order(n)]
+    assert sorted(s for (s,) in items) == list(range(n))
+    leftovers = []
+    while len(items) > 1:
+        pairs = len(items) // 2
+        if len(items) % 2:
+            leftovers.append(items[-1])
+        items = [a + b for a, b in zip(items[:pairs], items[pairs:2 * pairs])]
+        assert all(list(p) == list(range(p[0], p[0] + len(p))) for p in items)
+    product = items[0]
+    for tail in reversed(leftovers):
+        product = product + tail
+    assert product == tuple(range(n))
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 8, 33])
