@@ -252,23 +252,65 @@ def _group_log_probs(group, sites):
 
 
 def _stack_rows(tensors):
-    """``torch.stack(tensors)``; a broadcast view when they are all one tensor (the shared
-    support of every site enumerated at one dim, a table every site reads whole) or all
-    views of one 0-dim tensor (a constant scale broadcast per site: every entry of every
-    such view is its one value)."""
+    """``torch.stack(tensors)``; a broadcast view of the first when they hold equal values
+    by construction (``_equal_by_construction``): the shared support of every site
+    enumerated at one dim, a table every site reads whole, a constant scale broadcast per
+    site, a table indexed by the same enumerated values at every step of a chain. The
+    gradient then flows through one row's backward node, not one per site."""
     first = tensors[0]
     for t in tensors:
         if t is not first:
             break
     else:
         return first.unsqueeze(0).expand((len(tensors),) + first.shape)
-    base, shape = first._base, first.shape
-    if base is not None and base.dim() == 0:
+    if _equal_by_construction(first, tensors):
+        return first.unsqueeze(0).expand((len(tensors),) + first.shape)
+    base = first._base
+    if base is not None and base.dim() == 0:  # views of one number, however strided
+        shape = first.shape
         for t in tensors:
             if t._base is not base or t.shape != shape:
                 return torch.stack(tensors)
         return base.expand((len(tensors),) + shape)
     return torch.stack(tensors)
+
+
+def _equal_by_construction(first, tensors):
+    """Whether every tensor is bound to equal ``first`` by how it was made, with no look at
+    the values:
+
+    - views, not tracked by autograd, of the same memory (same base, shape, strides and
+      offset): they read the same entries;
+    - results of one indexing node type (``IndexBackward0``: ``table[index]``) applied to
+      the same tensor (the same graph node and output) with the same index tensors, e.g. an
+      HMM's ``trans[z]`` at every step where the chain's enumerated values ``z`` are one
+      tensor. Autograd's graph identifies the table as it was when indexed; only a write
+      it cannot see (through ``.data`` or under ``no_grad``) between two sites' indexing
+      would break this, which no model under inference does.
+    """
+    grad_fn = first.grad_fn
+    if grad_fn is None:
+        base = first._base
+        if base is None:
+            return False
+        stride, offset, shape = first.stride(), first.storage_offset(), first.shape
+        for t in tensors:  # (a view made a leaf with requires_grad_ is its own variable)
+            if (t._base is not base or t.shape != shape or t.stride() != stride
+                    or t.storage_offset() != offset or t.requires_grad):
+                return False
+        return True
+    if grad_fn.__class__.__name__ != "IndexBackward0":
+        return False
+    kind, inputs, shape = grad_fn.__class__, grad_fn.next_functions, first.shape
+    indices = grad_fn._saved_indices
+    for t in tensors:
+        fn = t.grad_fn
+        if fn.__class__ is not kind or t.shape != shape or fn.next_functions != inputs:
+            return False
+        for a, b in zip(fn._saved_indices, indices):
+            if a is not b:
+                return False
+    return True
 
 
 # a log density's attribute when it is row i of a stacked one: (its GroupLogProbs, i)

@@ -407,3 +407,78 @@ def test_rows_that_view_one_number_are_broadcast_with_its_gradient():
     misshapen = [sigma.expand(2, 3), sigma.expand(3, 2)]
     with pytest.raises(RuntimeError):  # torch.stack's own error, as for any misfit
         stacked_terms._stack_rows(misshapen)
+
+
+def test_rows_indexed_alike_are_broadcast_with_their_gradient():
+    """Rows made by indexing one table with one index tensor (an HMM's ``trans[z]`` at each
+    step whose states are enumerated at one dim) stack as a broadcast of the first: equal
+    to torch.stack, with the same gradient through one indexing node. Equal values made any
+    other way are stacked: another index tensor, another table node, a table changed in
+    place between the two, another kind of indexing."""
+    table = torch.rand(4, 3, requires_grad=True)
+    scaled = table * 2.0
+    z = torch.arange(4).reshape(4, 1)
+    rows = [scaled[z] for _ in range(5)]
+    stacked = stacked_terms._stack_rows(rows)
+    assert stacked.stride(0) == 0 and torch.equal(stacked, torch.stack(rows))
+    weights = torch.randn(5, 4, 1, 3)
+    (grad,) = torch.autograd.grad((stacked * weights).sum(), table, retain_graph=True)
+    (ref,) = torch.autograd.grad((torch.stack(rows) * weights).sum(), table)
+    torch.testing.assert_close(grad, ref, rtol=1e-6, atol=1e-7)
+    changed = table * 2.0
+    before = changed[z]
+    changed.mul_(1.5)
+    for unlike in ([scaled[z], scaled[z.clone()]], [scaled[z], (table * 2.0)[z]],
+                   [before, changed[z]], [scaled[1], scaled[1]]):
+        out = stacked_terms._stack_rows(unlike)
+        assert out.stride(0) != 0 and torch.equal(out, torch.stack(unlike))
+
+
+def test_views_of_the_same_entries_are_broadcast_others_stacked():
+    """Views of one tensor (not tracked by autograd) at the same offset, shape and strides
+    read the same entries: broadcast. Another offset, or views autograd tracks: stacked."""
+    base = torch.arange(12.0).reshape(4, 3)
+    same = [base[1], base[1], base[1]]
+    assert stacked_terms._stack_rows(same).stride(0) == 0
+    assert torch.equal(stacked_terms._stack_rows(same), torch.stack(same))
+    shifted = [base[1], base[2]]
+    assert torch.equal(stacked_terms._stack_rows(shifted), torch.stack(shifted))
+    leaf = base.clone().requires_grad_()
+    assert stacked_terms._stack_rows([leaf[1], leaf[1]]).stride(0) != 0
+    own = [base[1], base[1].requires_grad_()]  # two variables, one memory
+    assert stacked_terms._stack_rows(own).stride(0) != 0
+
+
+def _index_nodes(loss):
+    """The number of distinct IndexBackward0 nodes the loss's backward pass runs."""
+    seen, stack, count = set(), [loss.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += node.name() == "IndexBackward0"
+        stack.extend(fn for fn, _ in node.next_functions)
+    return count
+
+
+def test_an_hmm_table_is_indexed_once_per_enumeration_dim(monkeypatch):
+    """An HMM's steps index ``trans`` and ``locs`` with the states enumerated at one of two
+    alternating dims: the loss's graph holds two indexing nodes per table per dim, where
+    site by site it holds one per step; loss equal, gradients to float rounding."""
+    sg.clear_param_store()
+    elbo = TraceEnum_ELBO(max_plate_nesting=1)
+    data = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    loss_and_grads(elbo, hmm_model, no_guide, data)
+    sg.set_rng_seed(1)
+    loss = elbo.differentiable_loss(hmm_model, no_guide, data)
+    grads = torch.autograd.grad(loss, elbo.param_leaves(), retain_graph=True)
+    few = _index_nodes(loss)
+    monkeypatch.setattr(stacked_terms, "_equal_by_construction", lambda first, tensors: False)
+    sg.set_rng_seed(1)
+    ref = elbo.differentiable_loss(hmm_model, no_guide, data)
+    ref_grads = torch.autograd.grad(ref, elbo.param_leaves(), retain_graph=True)
+    assert few <= 2 * 2 + 4 < _index_nodes(ref)  # (+ the first steps, outside the groups)
+    assert torch.equal(loss, ref)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-6, atol=1e-7)
