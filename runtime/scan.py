@@ -3,7 +3,8 @@
 The T - 1 step matrices of a homogeneous chain are stacked into ``M`` of shape
 ``(T-1, *batch, K, K)`` (log space), then multiplied pairwise, adjacent with adjacent: each
 round halves the stack, so the sequential depth is ceil(log2 T) batched operations instead of
-T. An odd element left over by a round is set aside and multiplied in, in order, at the end.
+T. An odd element left over by a round is set aside and multiplied in, in order, at the end
+(the scaled chain below carries it into the next round instead).
 The initial vector (the factors of x_0 alone) is added last, and both chain ends summed out.
 
 An eager step first tries the scaled chain (``_scaled_rounds``): the steps are
@@ -95,23 +96,23 @@ def _scaled_rounds(by_step, index, init):
     scaled = torch.index_select(torch.exp(by_step - shift), 2, index).reshape(K, K, n, -1)
     if not bool(scaled.detach().amin() > SCALED_FLOOR):
         return None  # the steps themselves span too much: no rounds spent finding out
-    log_scale = shift.sum(2, dtype=torch.float64).reshape(1, 1, -1)   # (1, 1, batch)
-    floors = []
-    leftovers = []
+    floors, tops = [], []
     while scaled.shape[2] > 1:
         m = scaled.shape[2]
         pairs = m // 2
-        if m % 2:
-            leftovers.append(scaled[:, :, m - 1])
-        scaled, log_scale = _rescaled(
-            _product(scaled[:, :, :pairs], scaled[:, :, pairs:2 * pairs]), log_scale, floors,
-            stacked=True)
-    product = scaled[:, :, 0]
-    for tail in reversed(leftovers):   # a later leftover sits earlier in the chain
-        product, log_scale = _rescaled(_product(product, tail), log_scale, floors,
-                                       stacked=False)
+        product = _product(scaled[:, :, :pairs], scaled[:, :, pairs:2 * pairs])
+        top = product.detach().amax((0, 1), keepdim=True)             # (1, 1, pairs, batch)
+        product = product / top
+        floors.append(product.detach().amin())
+        tops.append(top)
+        # an odd one out is carried into the next round, where round order puts it last
+        scaled = torch.cat((product, scaled[:, :, 2 * pairs:]), 2) if m % 2 else product
     if floors and not bool(torch.stack(floors).min() > SCALED_FLOOR):
         return None
+    product = scaled[:, :, 0]
+    log_scale = shift.sum(2, dtype=torch.float64).reshape(1, 1, -1)   # (1, 1, batch)
+    if tops:  # every product's maximum, divided out above: logged and summed at once
+        log_scale = log_scale + torch.cat(tops, 2).log().sum(2, dtype=torch.float64)
     if init is None:
         total = product.sum((0, 1))
     else:
@@ -124,14 +125,15 @@ def _scaled_rounds(by_step, index, init):
 
 def round_order(n):
     """The steps 0..n-1 in round order: a round over m matrices in this order finds the left
-    factors of its pairs (even steps) first, then the right ones (odd steps), then the odd
-    one out, if any, each block in the next round's order, so its products come out in that
-    order too."""
+    factors of its pairs (even steps) first, then the right ones (odd steps), each block in
+    the next round's order, so that its products come out in that order; an odd one out
+    comes last, and is carried into the next round as its last matrix (which every round's
+    order puts last)."""
     if n <= 1:
         return tuple(range(n))
-    inner = round_order(n // 2)
-    tail = (n - 1,) if n % 2 else ()
-    return tuple(2 * i for i in inner) + tuple(2 * i + 1 for i in inner) + tail
+    pairs, odd = n // 2, n % 2
+    inner = round_order(pairs + odd)[:pairs]  # (without the carried one, last)
+    return tuple(2 * i for i in inner) + tuple(2 * i + 1 for i in inner) + ((n - 1,) if odd else ())
 
 
 @lru_cache(maxsize=64)
@@ -181,17 +183,6 @@ def _product(a, b):
     for j in range(1, K):
         out = out + a[:, j, None] * b[None, j]
     return out
-
-
-def _rescaled(product, log_scale, floors, stacked):
-    """``product`` divided by each matrix's maximum, that maximum's log added to
-    ``log_scale`` (summed over the stack dim of a round's products when ``stacked``), its
-    smallest entry to ``floors``."""
-    top = product.detach().amax((0, 1), keepdim=True)
-    product = product / top
-    floors.append(product.detach().amin())
-    top = top.log()
-    return product, log_scale + (top.sum(2, dtype=torch.float64) if stacked else top)
 
 
 def _eager():
