@@ -263,8 +263,6 @@ def _stack_rows(tensors):
             break
     else:
         return first.unsqueeze(0).expand((len(tensors),) + first.shape)
-    if _equal_by_construction(first, tensors):
-        return first.unsqueeze(0).expand((len(tensors),) + first.shape)
     base = first._base
     if base is not None and base.dim() == 0:  # views of one number, however strided
         shape = first.shape
@@ -272,6 +270,8 @@ def _stack_rows(tensors):
             if t._base is not base or t.shape != shape:
                 return torch.stack(tensors)
         return base.expand((len(tensors),) + shape)
+    if _equal_by_construction(first, tensors):
+        return first.unsqueeze(0).expand((len(tensors),) + first.shape)
     return torch.stack(tensors)
 
 
@@ -301,11 +301,18 @@ def _equal_by_construction(first, tensors):
         return True
     if grad_fn.__class__.__name__ != "IndexBackward0":
         return False
-    kind, inputs, shape = grad_fn.__class__, grad_fn.next_functions, first.shape
-    indices = grad_fn._saved_indices
+    kind, inputs, indices = grad_fn.__class__, grad_fn.next_functions, grad_fn._saved_indices
+    if len(indices) == 1:  # (the usual ``table[z]``: one index, compared without a loop)
+        (index,) = indices
+        for t in tensors:
+            fn = t.grad_fn
+            if (fn.__class__ is not kind or fn.next_functions != inputs
+                    or fn._saved_indices[0] is not index):
+                return False
+        return True
     for t in tensors:
         fn = t.grad_fn
-        if fn.__class__ is not kind or t.shape != shape or fn.next_functions != inputs:
+        if fn.__class__ is not kind or fn.next_functions != inputs:
             return False
         for a, b in zip(fn._saved_indices, indices):
             if a is not b:

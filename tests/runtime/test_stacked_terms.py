@@ -428,8 +428,12 @@ def test_rows_indexed_alike_are_broadcast_with_their_gradient():
     changed = table * 2.0
     before = changed[z]
     changed.mul_(1.5)
+    col = torch.arange(3).reshape(3, 1)
+    columns = [scaled[:, col], scaled[:, col]]  # indices (None, col): a multi-index node
+    assert stacked_terms._stack_rows(columns).stride(0) == 0
     for unlike in ([scaled[z], scaled[z.clone()]], [scaled[z], (table * 2.0)[z]],
-                   [before, changed[z]], [scaled[1], scaled[1]]):
+                   [before, changed[z]], [scaled[1], scaled[1]],
+                   [scaled[:, col], scaled[:, col.clone()]]):
         out = stacked_terms._stack_rows(unlike)
         assert out.stride(0) != 0 and torch.equal(out, torch.stack(unlike))
 
