@@ -226,26 +226,39 @@ def _group_log_probs(group, sites):
                 or fn._batch_shape != batch or fn._event_shape != event
                 or fn.__dict__.get("_validate_args") != checks):
             return None
-    stacked = first.__class__.__new__(first.__class__)
-    stacked.__dict__.update(first.__dict__)
     n, lead = len(fns), (1,) * group.pad
-    done = {}  # attributes that alias each other (Categorical's _param) stay aliased
+    stacks = {}  # attribute -> its rows stacked; attributes that alias (Categorical's _param)
+    by_id = {}   # stay aliased
     for key, attr in first.__dict__.items():
         if not isinstance(attr, torch.Tensor):
             continue
-        if id(attr) in done:
-            stacked.__dict__[key] = done[id(attr)]
-            continue
-        # stacked, then padded once (the sites' tensors share a shape): no view per site
-        rows = _stack_rows([fn.__dict__[key] for fn in fns])
-        if lead:
-            rows = rows.reshape((n,) + lead + attr.shape)
-        done[id(attr)] = stacked.__dict__[key] = rows
-    stacked.__dict__["_batch_shape"] = torch.Size((n,) + lead + group.batch_shape)
+        rows = by_id.get(id(attr))
+        if rows is None:  # stacked, then padded once (one shape): no view per site
+            rows = by_id[id(attr)] = _stack_rows([fn.__dict__[key] for fn in fns])
+        stacks[key] = rows
     values = _stack_rows([site["value"] for site in sites])
+    # Every stack a broadcast of its first row (``_stack_rows``: equal rows), values too:
+    # every site has the same log density, computed once (an HMM's transition rows).
+    m = 1 if all(t.stride(0) == 0 for t in (values, *by_id.values())) else n
+    stacked = first.__class__.__new__(first.__class__)
+    stacked.__dict__.update(first.__dict__)
+    padded = {}
+    for key, rows in stacks.items():
+        view = padded.get(id(rows))
+        if view is None:
+            view = rows[:m] if m != n else rows
+            if lead:
+                view = view.reshape((m,) + lead + rows.shape[1:])
+            padded[id(rows)] = view
+        stacked.__dict__[key] = view
+    stacked.__dict__["_batch_shape"] = torch.Size((m,) + lead + group.batch_shape)
+    if m != n:
+        values = values[:m]
     if group.value_pad:
-        values = values.reshape((n,) + (1,) * group.value_pad + values.shape[1:])
+        values = values.reshape((m,) + (1,) * group.value_pad + values.shape[1:])
     log_prob = stacked.log_prob(values)
+    if m != n:
+        log_prob = log_prob.expand((n,) + log_prob.shape[1:])
     if log_prob.shape[1:] != group.own_shape:
         return None
     return GroupLogProbs(group.program, group.names, sites, log_prob, group.out_shape)

@@ -469,16 +469,26 @@ def _index_nodes(loss):
 def test_an_hmm_table_is_indexed_once_per_enumeration_dim(monkeypatch):
     """An HMM's steps index ``trans`` and ``locs`` with the states enumerated at one of two
     alternating dims: the loss's graph holds two indexing nodes per table per dim, where
-    site by site it holds one per step; loss equal, gradients to float rounding."""
+    site by site it holds one per step, and the transitions' log density is computed once
+    per dim; loss equal, gradients to float rounding."""
     sg.clear_param_store()
     elbo = TraceEnum_ELBO(max_plate_nesting=1)
     data = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
     loss_and_grads(elbo, hmm_model, no_guide, data)
+    groups = []
+    real = stacked_terms._group_log_probs
+    monkeypatch.setattr(stacked_terms, "_group_log_probs",
+                        lambda group, sites: groups.append(real(group, sites)) or groups[-1])
     sg.set_rng_seed(1)
     loss = elbo.differentiable_loss(hmm_model, no_guide, data)
+    # the transitions' rows (same table, same states, same values) are one log density,
+    # broadcast; the emissions' (other observations at each step) are one each
+    once = sorted((g.stack.stride(0) == 0, g.names[0][0]) for g in groups)
+    assert once == [(False, "x"), (False, "x"), (True, "z"), (True, "z")], once
     grads = torch.autograd.grad(loss, elbo.param_leaves(), retain_graph=True)
     few = _index_nodes(loss)
     monkeypatch.setattr(stacked_terms, "_equal_by_construction", lambda first, tensors: False)
+    monkeypatch.setattr(stacked_terms, "_group_log_probs", real)
     sg.set_rng_seed(1)
     ref = elbo.differentiable_loss(hmm_model, no_guide, data)
     ref_grads = torch.autograd.grad(ref, elbo.param_leaves(), retain_graph=True)
