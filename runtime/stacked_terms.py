@@ -9,6 +9,12 @@ stacked factors, and a site's own row is cut out only when something reads it. E
 element is computed by the same arithmetic as site by site, so the values are identical;
 the step just runs a handful of kernels (and backward nodes) instead of a handful per site.
 
+Rows that are equal by how they were made (``_equal_by_construction``: an HMM's
+``trans[z]`` at every step whose states are enumerated at one dim, views of one constant)
+are not copied: the stack is a broadcast of the first, whose backward node alone carries
+their gradients (summed: equal to the site-by-site gradients up to float rounding). When
+every parameter and the values are such broadcasts, the log density is computed once.
+
 Which sites stack is decided once per plan from its first step's records and cached beside
 the plan. The structure key fixes value shapes but not parameter shapes or classes, so each
 step checks that every site still has its group's class, attributes, batch and event shapes
