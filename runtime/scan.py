@@ -47,8 +47,8 @@ def run_scan(spec, operands, stacks=None):
     init = _init_vector(spec.init, operands, stacks) if spec.init else None  # (*batch, K)
     result = None
     if _eager():
-        by_step, order = _steps_by_matrix_entry(spec, operands, stacks)
-        result = _scaled_rounds(by_step, _round_index(order, by_step.device), init)
+        by_step = _steps_by_matrix_entry(spec, operands, stacks)
+        result = _scaled_rounds(by_step, _indexes(spec, by_step.device)[0], init)
     if result is None:
         steps = sum(_stack_role(groups, operands, stacks) for groups in spec.roles)
         product = chain_product(steps, spec.rounds, spec.tail_kernel)     # (*batch, K, K)
@@ -74,12 +74,13 @@ def scaled_chain_sum(steps, init=None):
     log-space rounds are exact. The scales are detached constants, so gradients are exact."""
     n = steps.shape[0]
     by_step = steps.permute((steps.dim() - 2, steps.dim() - 1) + tuple(range(steps.dim() - 2)))
-    return _scaled_rounds(by_step, _round_index(tuple(range(n)), steps.device), init)
+    index = _gather_index(tuple(range(n)), round_order(n), steps.device)
+    return _scaled_rounds(by_step, index, init)
 
 
 def _scaled_rounds(by_step, index, init):
     """``scaled_chain_sum`` of steps laid out (K, K, n, *batch) (row, column, step, batch),
-    in the order that ``index`` (from ``_round_index``) puts in round order.
+    in the order that ``index`` (along dim 2) puts in round order.
 
     In round order each round's left factors are one contiguous block and its right factors
     the next, and the entries of every matrix lie along the contiguous step-and-batch dims:
@@ -136,35 +137,44 @@ def round_order(n):
     return tuple(2 * i for i in inner) + tuple(2 * i + 1 for i in inner) + ((n - 1,) if odd else ())
 
 
-@lru_cache(maxsize=64)
-def _round_index(order, device):
-    """Index along the step dim putting steps stacked in ``order`` into round order."""
-    position = {step: i for i, step in enumerate(order)}
-    return torch.tensor([position[step] for step in round_order(len(order))], device=device)
+def _indexes(spec, device):
+    """The scan's step-order indexes, built once per scan and device: (the index putting the
+    first role's steps in round order, per role the index putting its steps in the first
+    role's order or None when they are in it already)."""
+    key = (id(spec), device)
+    entry = _INDEXES.get(key)
+    if entry is None or entry[0] is not spec:  # (the entry holds its spec: ids stay unique)
+        orders = [_role_order(groups) for groups in spec.roles]
+        first = orders[0]
+        entry = (spec, _gather_index(first, round_order(len(first)), device),
+                 tuple(None if order == first else _gather_index(order, first, device)
+                       for order in orders))
+        if len(_INDEXES) >= 256:
+            _INDEXES.clear()
+        _INDEXES[key] = entry
+    return entry[1], entry[2]
+
+
+_INDEXES = {}  # (id(spec), device) -> (spec, round index, reorder indexes)
 
 
 def _steps_by_matrix_entry(spec, operands, stacks):
-    """The step matrices, each role's factors summed, laid out (K, K, n, *batch), and the
-    order of their steps along dim 2 (the roles' groups, concatenated)."""
-    total, order = None, None
-    for groups in spec.roles:
-        parts, role_order = [], ()
-        for group in groups:
-            part = _stack_group(group, operands, stacks)         # (steps, *batch, K, K)
-            d = part.dim()
-            parts.append(part.permute((d - 2, d - 1) + tuple(range(d - 2))))
-            role_order += group.steps
-        role = parts[0] if len(parts) == 1 else torch.cat(parts, 2)
-        if order is None:
-            order = role_order
-        elif role_order != order:  # this role's steps in the first role's order
-            role = torch.index_select(role, 2, _reorder_index(role_order, order, role.device))
+    """The step matrices, each role's factors summed, laid out (K, K, n, *batch), their steps
+    in the first role's order (``_indexes``)."""
+    total = reorders = None
+    for r, groups in enumerate(spec.roles):
+        role = _role(groups, operands, stacks, by_entry=True)
+        if reorders is None:
+            reorders = _indexes(spec, role.device)[1]
+        if reorders[r] is not None:
+            role = torch.index_select(role, 2, reorders[r])
         total = role if total is None else total + role
-    return total, order
+    return total
 
 
 @lru_cache(maxsize=64)
-def _reorder_index(have, want, device):
+def _gather_index(have, want, device):
+    """The index taking steps stacked in order ``have`` to order ``want``."""
     position = {step: i for i, step in enumerate(have)}
     return torch.tensor([position[step] for step in want], device=device)
 
@@ -254,13 +264,29 @@ def log_of_product(x):
 
 def _stack_role(groups, operands, stacks=None):
     """One role's factors of every step, as one tensor (steps, *canonical shape)."""
-    parts, order = [], ()
+    role = _role(groups, operands, stacks)
+    if len(groups) == 1:
+        return role
+    order = _role_order(groups)
+    return role[_gather_index(order, tuple(range(len(order))), role.device)]
+
+
+def _role(groups, operands, stacks, by_entry=False):
+    """One role's factors, its groups' stacks concatenated (steps in ``_role_order``):
+    (steps, *batch, K, K), or with ``by_entry`` (K, K, steps, *batch), each group permuted
+    before the concatenation so that its copy is laid out that way."""
+    parts = []
     for group in groups:
-        parts.append(_stack_group(group, operands, stacks))
-        order += group.steps
-    if len(parts) == 1:
-        return parts[0]
-    return torch.cat(parts)[_inverse(order).to(parts[0].device)]
+        part = _stack_group(group, operands, stacks)         # (steps, *batch, K, K)
+        if by_entry:
+            d = part.dim()
+            part = part.permute((d - 2, d - 1) + tuple(range(d - 2)))
+        parts.append(part)
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 2 if by_entry else 0)
+
+
+def _role_order(groups):
+    return tuple(step for group in groups for step in group.steps)
 
 
 def _stack_group(group, operands, stacks=None):
@@ -283,12 +309,3 @@ def _stack_group(group, operands, stacks=None):
 def _init_vector(groups, operands, stacks=None):
     """The sum of the factors of x_0 alone, over (*batch, K)."""
     return sum(_stack_group(group, operands, stacks).sum(0) for group in groups)
-
-
-@lru_cache(maxsize=256)
-def _inverse(order):
-    """Index putting the concatenated groups back in step order."""
-    inverse = [0] * len(order)
-    for i, step in enumerate(order):
-        inverse[step] = i
-    return torch.tensor(inverse)

@@ -233,30 +233,22 @@ def _group_log_probs(group, sites):
                 or fn.__dict__.get("_validate_args") != checks):
             return None
     n, lead = len(fns), (1,) * group.pad
-    stacks = {}  # attribute -> its rows stacked; attributes that alias (Categorical's _param)
-    by_id = {}   # stay aliased
+    rows_of = {}  # id(attribute) -> its rows stacked (aliases, Categorical's _param, stay so)
     for key, attr in first.__dict__.items():
-        if not isinstance(attr, torch.Tensor):
-            continue
-        rows = by_id.get(id(attr))
-        if rows is None:  # stacked, then padded once (one shape): no view per site
-            rows = by_id[id(attr)] = _stack_rows([fn.__dict__[key] for fn in fns])
-        stacks[key] = rows
+        if isinstance(attr, torch.Tensor) and id(attr) not in rows_of:
+            rows_of[id(attr)] = _stack_rows([fn.__dict__[key] for fn in fns])
     values = _stack_rows([site["value"] for site in sites])
     # Every stack a broadcast of its first row (``_stack_rows``: equal rows), values too:
     # every site has the same log density, computed once (an HMM's transition rows).
-    m = 1 if all(t.stride(0) == 0 for t in (values, *by_id.values())) else n
+    m = 1 if all(t.stride(0) == 0 for t in (values, *rows_of.values())) else n
+    for i, rows in rows_of.items():  # cut and padded once (one shape): no view per site
+        rows = rows[:m] if m != n else rows
+        rows_of[i] = rows.reshape((m,) + lead + rows.shape[1:]) if lead else rows
     stacked = first.__class__.__new__(first.__class__)
     stacked.__dict__.update(first.__dict__)
-    padded = {}
-    for key, rows in stacks.items():
-        view = padded.get(id(rows))
-        if view is None:
-            view = rows[:m] if m != n else rows
-            if lead:
-                view = view.reshape((m,) + lead + rows.shape[1:])
-            padded[id(rows)] = view
-        stacked.__dict__[key] = view
+    for key, attr in first.__dict__.items():
+        if isinstance(attr, torch.Tensor):
+            stacked.__dict__[key] = rows_of[id(attr)]
     stacked.__dict__["_batch_shape"] = torch.Size((m,) + lead + group.batch_shape)
     if m != n:
         values = values[:m]
