@@ -9,6 +9,7 @@ import torch
 from svigraph.serialization import safe_load
 
 from svigraph.optim.clipped_adam import ClippedAdam as _ClippedAdamOptimizer
+from svigraph.optim.fast_adam import adam_step
 from svigraph.params import get_param_store
 
 _CLIP_KEYS = ("clip_norm", "clip_value")
@@ -88,7 +89,8 @@ class Optim:
             if clip is not None:
                 _clip_grads(leaves, *clip)
             if full:
-                slot.optimizer.step(*args, **kwargs)
+                if args or kwargs or not adam_step(slot.optimizer, slot.group):
+                    slot.optimizer.step(*args, **kwargs)
             else:
                 _masked_step(slot, leaves, args, kwargs)
 
