@@ -5,6 +5,12 @@ defines ``main(quick=False, out=sys.stdout)`` returning its markdown section. Th
 with one summary table of every workload's ratios to hand-written torch, then each module's
 section with the full tables.
 
+Each module runs in a fresh Python process of its own (its contenders still interleaved in
+that one process), so a workload's figures are what running its script alone gives: not
+shifted by the objects, plan caches and compiled graphs earlier workloads left behind
+(at the HMM's T=100, running coin, gmm and sbn first in the same process moved svigraph's
+ratio by +0.05 to +0.1).
+
 Run: python benchmarks/run_all.py [--quick] [--only coin,gmm,...] [--output PATH]
 """
 
@@ -13,9 +19,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
 import os
 import pkgutil
+import subprocess
 import sys
+import tempfile
 import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,12 +55,33 @@ def benchmark_modules(only=None):
             and "quick" in inspect.signature(m.main).parameters]
 
 
+def run_isolated(name, quick):
+    """Run benchmark module ``name``'s ``main`` in a fresh process (its output streams to
+    ours); return its markdown section and its summary rows."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--output", result]
+        subprocess.run(cmd + (["--quick"] if quick else []), check=True)
+        with open(result) as f:
+            got = json.load(f)
+    return got["section"], [tuple(entry) for entry in got["summary"]]
+
+
+def _child(name, quick, output):
+    """The fresh process's side of ``run_isolated``."""
+    section = importlib.import_module(f"benchmarks.{name}").main(quick=quick)
+    with open(output, "w") as f:
+        json.dump({"section": section, "summary": SUMMARY}, f)
+
+
 def main(quick=False, output=os.path.join(_HERE, "results.md"), only=None):
     start = time.perf_counter()
     sections = []
     for module in benchmark_modules(only):
         print(f"== {module.__name__} ==", flush=True)
-        sections.append(module.main(quick=quick))
+        section, summary = run_isolated(module.__name__.rsplit(".", 1)[1], quick)
+        sections.append(section)
+        SUMMARY.extend(summary)
     seconds = time.perf_counter() - start
     header = ["# svigraph benchmark results", "",
               f"- machine: {machine_info()}",
@@ -73,5 +103,9 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="short runs")
     parser.add_argument("--only", default="", help="comma-separated module names, e.g. coin,gmm")
     parser.add_argument("--output", default=os.path.join(_HERE, "results.md"))
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # run one module (run_isolated)
     args = parser.parse_args()
-    main(args.quick, args.output, [n for n in args.only.split(",") if n] or None)
+    if args.child:
+        _child(args.child, args.quick, args.output)
+    else:
+        main(args.quick, args.output, [n for n in args.only.split(",") if n] or None)
