@@ -16,3 +16,12 @@ def fresh_state():
     torch.set_default_dtype(torch.float32)
     yield
     sg.clear_param_store()
+
+
+@pytest.fixture
+def store():
+    """The global param store, emptied before and after the test."""
+    store = sg.get_param_store()
+    store.clear()
+    yield store
+    store.clear()

@@ -13,13 +13,6 @@ from svigraph.optim.fast_adam import adam_step
 
 
 
-@pytest.fixture
-def store():
-    store = sg.get_param_store()
-    store.clear()
-    yield store
-    store.clear()
-
 
 SHAPES = [(), (3,), (4, 5), (1,), (2, 3, 2), (300, 41)]  # the last exercises vector kernels
 CONFIGS = [{"lr": 0.01}, {"lr": 0.1, "betas": (0.8, 0.95), "eps": 1e-6},

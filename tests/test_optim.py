@@ -20,13 +20,6 @@ from svigraph.optim.clipped_adam import ClippedAdam as TorchClippedAdam
 TARGET = torch.tensor([1.0, -2.0, 3.0])
 
 
-@pytest.fixture
-def store():
-    store = sg.get_param_store()
-    store.clear()
-    yield store
-    store.clear()
-
 
 def _leaf(values):
     return torch.tensor(values, requires_grad=True)
