@@ -11,9 +11,6 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 import svigraph as sg
 from svigraph.optim.fast_adam import adam_step
 
-
-
-
 SHAPES = [(), (3,), (4, 5), (1,), (2, 3, 2), (300, 41)]  # the last exercises vector kernels
 CONFIGS = [{"lr": 0.01}, {"lr": 0.1, "betas": (0.8, 0.95), "eps": 1e-6},
            {"lr": 0.01, "weight_decay": 0.1}, {"lr": 0.01, "maximize": True, "weight_decay": 0.05},
