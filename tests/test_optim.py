@@ -20,7 +20,6 @@ from svigraph.optim.clipped_adam import ClippedAdam as TorchClippedAdam
 TARGET = torch.tensor([1.0, -2.0, 3.0])
 
 
-
 def _leaf(values):
     return torch.tensor(values, requires_grad=True)
 
