@@ -92,6 +92,27 @@ def test_lean_step_steps_aside_and_touches_nothing(setup):
     assert all(torch.equal(opt.state[p][k], v) for k, v in state.items())
 
 
+def test_svigraph_adam_takes_the_lean_step_after_the_first(store, monkeypatch):
+    """``sg.optim.Adam`` goes through the lean step once the state exists (torch's own step
+    is then never called) and still matches torch's optimizer exactly."""
+    a = store.get("a", torch.tensor([0.5, -1.0, 2.0]))
+    ref = a.unconstrained().detach().clone().requires_grad_()
+    ref_opt, optim = torch.optim.Adam([ref], lr=0.1), sg.optim.Adam({"lr": 0.1})
+    torch_step = torch.optim.Adam.step
+    for k in range(4):
+        grad = torch.tensor([1.0, -0.5, 0.25]) * (k + 1)
+        leaf = store["a"].unconstrained()
+        leaf.grad, ref.grad = grad.clone(), grad.clone()
+        torch_step(ref_opt)
+        if k == 1:  # state exists now: torch's step must not run again
+            def refuse(*args, **kwargs):
+                raise AssertionError("torch's Adam.step ran instead of the lean step")
+            monkeypatch.setattr(torch.optim.Adam, "step", refuse)
+        optim([leaf])
+        leaf.grad = None
+    assert torch.equal(store["a"].unconstrained().detach(), ref.detach())
+
+
 def test_optim_with_scheduler_matches_torch_and_records_the_step(store):
     """A scheduler's patched ``step`` still takes the lean path, marking the optimizer as
     stepped (no 'scheduler before optimizer' warning) and following its learning rate."""

@@ -14,12 +14,10 @@ capturable/differentiable/fused groups, complex, sparse or non-CPU tensors -- is
 
 from __future__ import annotations
 
-import sys
-
 import torch
+from torch.optim import optimizer as _optimizer_module  # where the global step hooks live
 
 _ADAMS = (torch.optim.Adam, torch.optim.AdamW)
-_optimizer_module = sys.modules[torch.optim.Optimizer.__module__]
 _CPU = torch.device("cpu")
 
 
